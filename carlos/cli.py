@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", help="DuckDB store (default: data/carlos.duckdb or $CARLOS_DB)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    import carlos.cli_more  # noqa: F401  (registers the remaining commands)
 
     for register in _COMMANDS:
         register(sub)

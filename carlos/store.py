@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from carlos.errors import InvalidInputError, NotFoundError, StoreBusyError
+from carlos.store_jobs import JobsSQL
+from carlos.store_review import ReviewSQL
 from carlos.store_schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class StoredRepresentation:
     provenance: dict[str, Any]
 
 
-class Store:
+class Store(ReviewSQL, JobsSQL):
     """Owner of the DuckDB file; open with :meth:`open` (creates and migrates)."""
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 60.0) -> None:
@@ -440,4 +442,23 @@ class Store:
             con.executemany(
                 "INSERT INTO text_embeddings (lora_id, model, text_hash, vector) VALUES (?, ?, ?, ?)",
                 [[i, model, h, v.tolist()] for i, h, v in zip(ids, hashes, np.asarray(matrix))],
+            )
+
+    # -- maps ---------------------------------------------------------------------------------
+    def get_map(self, map_key: str) -> Any:
+        """Cached 2-D coordinates (lora_id, x, y) of a map, empty frame if absent."""
+        with self.session() as con:
+            return con.execute(
+                "SELECT lora_id, x, y FROM map_cache WHERE map_key = ? ORDER BY lora_id", [map_key]
+            ).df()
+
+    def put_map(self, map_key: str, ids: Sequence[str], xy: np.ndarray) -> None:
+        xy = np.asarray(xy, dtype=np.float64)
+        if xy.shape != (len(ids), 2):
+            raise InvalidInputError(f"map coordinates must be ({len(ids)}, 2), got {xy.shape}")
+        with self.transaction() as con:
+            con.execute("DELETE FROM map_cache WHERE map_key = ?", [map_key])
+            con.executemany(
+                "INSERT INTO map_cache (map_key, lora_id, x, y) VALUES (?, ?, ?, ?)",
+                [[map_key, i, float(x), float(y)] for i, (x, y) in zip(ids, xy)],
             )

@@ -1,0 +1,47 @@
+"""CLI commands for retrieval (search); registered into :mod:`carlos.cli`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from carlos.cli import _emit, _hits_text, add_json, add_threshold_options, command, open_store
+from carlos.cli import thresholds_from
+from carlos.errors import WeightsUnavailableError
+
+
+def _search(args: argparse.Namespace) -> int:
+    from carlos.retrieval import RETRIEVERS, SearchConfig, SearchService
+
+    config = SearchConfig(retriever=args.retriever, top_k=args.top_k,
+                          thresholds=thresholds_from(args), clip_model=args.clip_model,
+                          clip_checkpoint=args.clip_checkpoint, text_model=args.text_model)  # fmt: skip
+    service = SearchService(open_store(args))
+    try:
+        result = service.search(args.query, config)
+    except WeightsUnavailableError as e:
+        others = ", ".join(r for r in RETRIEVERS if r != "carlos")
+        raise WeightsUnavailableError(
+            f"{e}\nWithout these weights, search with --retriever behaviour (text-seeded, in the "
+            f"LoRAs' behaviour space) or one of: {others}."
+        ) from e
+    _emit(args, result.to_dict(), _hits_text(result))
+    return 0
+
+
+@command
+def _register_search(sub: Any) -> None:
+    from carlos.retrieval import RETRIEVERS
+
+    p = sub.add_parser("search", help="find LoRAs that do what the query says")
+    p.add_argument("query", help="what the LoRA should do, e.g. 'pixel art' or 'snowy winter scene'")
+    p.add_argument("--retriever", choices=RETRIEVERS, default="carlos",
+                   help="carlos: CLIP query direction (needs ViT-B-32 weights); behaviour: "
+                   "text-seeded behaviour search; bm25 / text-embedding: textual baselines")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--clip-model", default="ViT-B-32/openai", help="CLIP registry name")
+    p.add_argument("--clip-checkpoint", help="path to the CLIP weights file")
+    p.add_argument("--text-model", help="sentence-transformers model name or folder")
+    add_threshold_options(p)
+    add_json(p)
+    p.set_defaults(func=_search)
