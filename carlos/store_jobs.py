@@ -50,13 +50,17 @@ class JobsSQL:
         with self.session() as con:  # type: ignore[attr-defined]
             return con.execute(sql, params).df()
 
-    def claim_next_job(self, worker: str, stale_after_s: float) -> dict[str, Any] | None:
-        """Atomically take the oldest queued job, or a running one whose worker went silent."""
+    def claim_next_job(
+        self, worker: str, stale_after_s: float, job_id: int | None = None
+    ) -> dict[str, Any] | None:
+        """Atomically take the oldest queued job (or ``job_id``), or a running one whose
+        worker went silent for ``stale_after_s``."""
         with self.transaction() as con:  # type: ignore[attr-defined]
             row = con.execute(
-                "SELECT job_id FROM jobs WHERE status = 'queued' OR (status = 'running' AND "
-                "heartbeat < now() - to_seconds(?)) ORDER BY job_id LIMIT 1",
-                [float(stale_after_s)],
+                "SELECT job_id FROM jobs WHERE (status = 'queued' OR (status = 'running' AND "
+                "heartbeat < now() - to_seconds(?))) AND (? IS NULL OR job_id = ?) "
+                "ORDER BY job_id LIMIT 1",
+                [float(stale_after_s), job_id, job_id],
             ).fetchone()
             if row is None:
                 return None
@@ -149,6 +153,14 @@ class JobsSQL:
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [[base_key, p, int(s), np.asarray(e, dtype=np.float32).tolist(), t] for p, s, e, t in rows],
             )
+
+    def base_thumbnail(self, base_key: str, prompt: str, seed: int) -> bytes | None:
+        with self.session() as con:  # type: ignore[attr-defined]
+            row = con.execute(
+                "SELECT thumbnail FROM base_cache WHERE base_key = ? AND prompt = ? AND seed = ?",
+                [base_key, prompt, int(seed)],
+            ).fetchone()
+        return None if row is None else row[0]
 
     def put_thumbnails(self, job_id: int, rows: Sequence[tuple[int, bytes, bytes]]) -> None:
         with self.session() as con:  # type: ignore[attr-defined]

@@ -70,6 +70,7 @@ def test_clean_text_edge_cases() -> None:
     assert clean_text("ＦＵＬＬ　ＷＩＤＴＨ ｶﾀｶﾅ") == "FULL WIDTH カタカナ"  # NFKC
     assert clean_text("zero\u200bwidth\ufeff soft\u00adhyphen") == "zero width soft hyphen"
     assert clean_text("a < b and <b>unclosed") == "a < b and unclosed"
+    assert clean_text("b<script/>c<img src='x.png'>d") == "bc d"  # self-closing script hides nothing
     assert clean_text("raw <lora:my_style:0.7> syntax") == "raw <lora:my_style:0.7> syntax"
     assert clean_text("&amp;lt;double&amp;gt;") == "&lt;double&gt;"  # decoded once, not twice
     assert clean_text("Русский <i>текст</i> и 한국어") == "Русский текст и 한국어"
@@ -234,16 +235,21 @@ def test_bm25_from_dict_rejects_stale_or_corrupt_state() -> None:
 
 @pytest.fixture(scope="module")
 def embedder() -> TextEmbedder:
-    """The real bundled MiniLM, loaded while every outgoing connection fails."""
+    """The real bundled MiniLM, loaded and used while every outgoing connection is refused
+    and recorded (recorded, because a library may swallow the refusal and carry on)."""
+    attempts: list[object] = []
 
     def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the text embedder tried to open a network connection")
+        attempts.append(args or kwargs)
+        raise OSError("network disabled by the test")
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", no_network)
+        mp.setattr(socket.socket, "connect_ex", no_network)
         mp.setattr(socket, "create_connection", no_network)
         emb = TextEmbedder()
         emb.embed(["warm up"])
+    assert attempts == [], f"the text embedder tried to reach the network: {attempts}"
     return emb
 
 
