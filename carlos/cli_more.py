@@ -98,7 +98,7 @@ def _characterize(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from carlos import jobs
 
-    worker = jobs.Worker(open_store(args), stale_after_s=args.stale_after)
+    worker = jobs.Worker(open_store(args), stale_after_s=args.stale_after, chunk_pairs=args.chunk_pairs)
     n = worker.run(once=args.once, poll_s=args.poll)
     print(f"processed {n} job(s)", file=sys.stderr)
     return 0
@@ -143,6 +143,8 @@ def _register_characterize(sub: Any) -> None:
     p.add_argument("--poll", type=float, default=2.0, help="seconds between queue polls")
     p.add_argument("--stale-after", type=float, default=120.0,
                    help="take over running jobs without a heartbeat for this many seconds")
+    p.add_argument("--chunk-pairs", type=int, default=8,
+                   help="pairs generated and stored together (smaller: finer resume)")
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("jobs", help="list or cancel characterization jobs")

@@ -254,7 +254,7 @@ def embedder() -> TextEmbedder:
 
 
 def test_embedder_shape_norm_and_id(embedder: TextEmbedder) -> None:
-    assert embedder.model_id == DEFAULT_TEXT_MODEL
+    assert embedder.model_id == f"{DEFAULT_TEXT_MODEL}@128"
     assert embedder.path.name == "model" and (embedder.path / "model.safetensors").is_file()
     vecs = embedder.embed(["pixel art sprites", "", "像素风格 😀", "x " * 600])
     assert vecs.shape == (4, 384) and vecs.dtype == np.float32
@@ -300,7 +300,7 @@ def test_resolve_local_folder_and_hf_cache(
 ) -> None:
     path, model_id = resolve_text_model(embedder.path)
     assert path == embedder.path and model_id == "local/model"
-    assert TextEmbedder(str(embedder.path), model_id="minilm-copy").model_id == "minilm-copy"
+    assert TextEmbedder(str(embedder.path), model_id="minilm-copy").model_id == "minilm-copy@128"
     # A standard HF cache layout (models--org--name/snapshots/<rev>) is found offline.
     import huggingface_hub.constants
 
