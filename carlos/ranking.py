@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from carlos.catalog import CorpusView
 from carlos.config import Thresholds
@@ -135,7 +136,7 @@ def rank(
             consistency_pct=float(c_pct[i]),
             flags=tuple(flags),
             retriever=retriever,
-            version_id=None if vid is None or vid != vid else int(vid),
+            version_id=None if pd.isna(vid) else int(vid),
             excluded_because=reasons,
         )
 

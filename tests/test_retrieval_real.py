@@ -88,3 +88,22 @@ def test_odd_queries_answer_or_explain(service: SearchService, query: str, retri
 def test_empty_queries_are_refused(service: SearchService, query: str) -> None:
     with pytest.raises(InvalidInputError):
         service.search(query, SearchConfig(retriever="bm25"))
+
+
+def test_query_by_upload_finds_what_it_behaves_like(store_copy: Store) -> None:
+    """An upload characterized in the corpus's space (here: Pixel Art XL's direction plus noise,
+    standing in for a re-trained copy) is ranked against the corpus by its own direction."""
+    from carlos.ranking import by_direction, similar
+
+    view = load_view(store_copy)
+    rng = np.random.default_rng(0)
+    original = view.matrix[view.row_of("civitai:130580")]
+    upload = original + rng.normal(scale=0.1 * np.abs(original).mean(), size=original.shape)
+    store_copy.upsert_loras([{"lora_id": "sha256:abc", "source": "upload", "name": "suspicious upload"}])
+    store_copy.put_representation("sha256:abc", view.embedder, upload, 5.0, 0.1, 4480,
+                                  {"protocol": "paper", "backend": "sdxl-base-1.0"})  # fmt: skip
+    res = similar(load_view(store_copy), "sha256:abc", thresholds=Thresholds(), top_k=5)
+    assert res.hits[0].lora_id == "civitai:130580" and res.hits[0].score > 0.95
+    assert all("pixel" in h.name.lower() for h in res.hits)
+    with pytest.raises(InvalidInputError, match="cannot be compared"):
+        by_direction(view, np.ones(32), thresholds=Thresholds())
