@@ -1,0 +1,1 @@
+"""Model wrappers (CLIP embedders, diffusion pipelines); torch is imported lazily inside them."""
