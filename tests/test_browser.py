@@ -1,0 +1,91 @@
+"""Browser test: the README's run command serves every page; headless Chromium renders each
+without an error element and saves a screenshot to artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from carlos.config import REPO_ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = REPO_ROOT / "artifacts" / "screenshots"
+
+
+def _pages() -> list[str]:
+    """Every page's url_path, read from the navigation in streamlit_app.py."""
+    return re.findall(r'url_path="([^"]+)"', (REPO_ROOT / "streamlit_app.py").read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(real_store_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    db = tmp_path_factory.mktemp("browser") / "carlos.duckdb"
+    shutil.copy(real_store_path, db)
+    port = _free_port()
+    env = {**os.environ, "CARLOS_DB": str(db), "PORT": str(port), "CARLOS_REVIEWER": "browser-test"}
+    log = open(db.parent / "server.log", "w")
+    proc = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=REPO_ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.flush()
+            raise AssertionError("dashboard did not start:\n" + (db.parent / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+def test_every_page_renders_without_errors(server: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    pages = _pages()
+    assert len(pages) >= 5, pages
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        for path in pages:
+            page.goto(f"{server}/{path}", wait_until="networkidle", timeout=120_000)
+            page.wait_for_selector('[data-testid="stMain"]', timeout=120_000)
+            # Streamlit shows a "running" status widget while the script executes
+            deadline = time.monotonic() + 180
+            while page.locator('[data-testid="stStatusWidget"]').count() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(1.0)
+            errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+            text = page.locator('[data-testid="stMain"]').inner_text()
+            page.screenshot(path=str(SHOTS / f"{path}.png"), full_page=True)
+            assert errors.count() == 0, f"{path}: {errors.first.inner_text()[:500]}"
+            assert "Traceback" not in text, f"{path} shows a traceback"
+            assert len(text.strip()) > 40, f"{path} rendered almost nothing: {text!r}"
+        browser.close()
