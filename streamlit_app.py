@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-st.set_page_config(page_title="CARLoS: LoRAs by what they do", page_icon="🔎", layout="wide")
+from app_support import PAGES
 
+st.set_page_config(page_title="CARLoS: LoRAs by what they do", page_icon="🔎", layout="wide")
 pages = [
-    st.Page("pages/overview.py", title="Overview", icon="🏠", default=True, url_path="overview"),
+    st.Page(script, title=title, icon=icon, url_path=url_path, default=(url_path == "overview"))
+    for script, title, icon, url_path in PAGES
 ]
-st.navigation(pages).run()
+st.navigation(pages, position="hidden").run()

@@ -152,7 +152,7 @@ NSFW_BITS = {1: "PG", 2: "PG-13", 4: "R", 8: "X", 16: "XXX", 32: "blocked"}
 
 def nsfw_label(level: Any) -> str:
     """Civitai's NSFW level is a bit mask of ratings; show the highest one present."""
-    if level is None or (isinstance(level, float) and np.isnan(level)):
+    if level is None or pd.isna(level):
         return "unknown"
     level = int(level)
     names = [name for bit, name in NSFW_BITS.items() if level & bit]

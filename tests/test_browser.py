@@ -4,7 +4,6 @@ without an error element and saves a screenshot to artifacts/screenshots/."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -22,8 +21,10 @@ SHOTS = REPO_ROOT / "artifacts" / "screenshots"
 
 
 def _pages() -> list[str]:
-    """Every page's url_path, read from the navigation in streamlit_app.py."""
-    return re.findall(r'url_path="([^"]+)"', (REPO_ROOT / "streamlit_app.py").read_text())
+    """Every page's url path, from the one list the navigation is built from."""
+    from app_support import PAGES
+
+    return [url_path for *_, url_path in PAGES]
 
 
 def _free_port() -> int:

@@ -1,0 +1,115 @@
+"""Characterize an upload: validate the file, enqueue a job, watch it, see where it lands."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app_support import (
+    capabilities, detail_url, ensure_background_worker, explained, get_store, page_setup, write_note,
+)  # fmt: skip
+from carlos import jobs
+from carlos.capabilities import sdxl_weights
+from carlos.characterize import PROTOCOLS
+
+user = page_setup()
+st.title("Characterize an upload")
+st.caption("Generates images with and without the LoRA (same prompts and seeds), embeds both with "
+           "CLIP and stores Direction, Strength and Consistency. Only .safetensors files are accepted; "
+           "nothing is ever unpickled.")  # fmt: skip
+store = get_store()
+caps = capabilities()
+sdxl = sdxl_weights()
+sdxl_ok = sdxl.available and caps.clip_weights.available
+backends = {
+    "tiny": "tiny — DEMO: random-weight pipeline, the numbers mean nothing",
+    "sdxl": "sdxl — SDXL base 1.0 + CLIP ViT-B/32 (the corpus's space)"
+    + ("" if sdxl_ok else f" — unavailable: {sdxl.detail if not sdxl.available else caps.clip_weights.detail}"),
+}
+write_note(user)
+
+upload = st.file_uploader("LoRA file (.safetensors)", type=None, disabled=not user.can_write)
+c1, c2, c3 = st.columns(3)
+backend = c1.radio("Backend", list(backends), format_func=backends.get)
+protocol = c2.radio("Protocol", list(PROTOCOLS), index=2 if backend == "tiny" else 1,
+                    format_func=lambda p: f"{p}: {PROTOCOLS[p].description}")  # fmt: skip
+trigger = c3.text_input("Trigger words (appended to the LoRA prompts)", max_chars=200)
+if backend == "tiny":
+    st.warning("The tiny backend is a test and demo pipeline with random weights. Its Strength and "
+               "Consistency show that the flow works; they say nothing about the LoRA.")  # fmt: skip
+elif not sdxl_ok:
+    st.error(f"The sdxl backend needs SDXL base 1.0 and CLIP ViT-B/32 weights on this machine "
+             f"({sdxl.detail}; {caps.clip_weights.detail}). See the README, section *Real model weights*.")  # fmt: skip
+    st.stop()
+if backend == "sdxl" and not caps.gpu.available:
+    st.warning("No GPU: full-size SDXL on the CPU takes minutes per image (the worker logs an estimate).")
+
+if upload is not None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.safetensors"
+        path.write_bytes(upload.getbuffer())
+        report = jobs.inspect_upload(path, upload.name, backend)
+        st.subheader("Validation report")
+        if report.ok:
+            st.success(f"{report.format} LoRA for {report.base_family.upper()}, {report.n_tensors} tensors, "
+                       f"rank {report.rank}, sha256 `{report.sha256[:16]}…`")  # fmt: skip
+        else:
+            st.error(f"Refused: {report.error}")
+        for c in report.contradictions:
+            st.warning(f"Declared metadata contradicts the tensors: {c}")
+        for w in report.warnings:
+            st.caption(f"⚠️ {w}")
+        known = store.find_by_sha256(report.sha256) if report.sha256 else None
+        if known:
+            st.info(f"This exact file was uploaded before: [{known}]({detail_url(known)}).")
+        with st.expander("Declared metadata"):
+            st.json(report.metadata or {})
+        if report.ok and st.button("Enqueue characterization", type="primary", disabled=not user.can_write):
+            with explained("enqueue the job"):
+                sub = jobs.submit(store, path, backend=backend, protocol=protocol, trigger=trigger or None,
+                                  original_name=upload.name, requested_by=user.name)  # fmt: skip
+                st.session_state["char_job"] = sub.job_id
+                if sub.duplicate_of_job is not None:
+                    st.info(f"An identical job (#{sub.job_id}) already exists; showing it.")
+
+
+@st.fragment(run_every=2.0)
+def progress_panel() -> None:
+    """Live job progress, refreshed every 2 s without rerunning the page."""
+    job_id = st.session_state.get("char_job")
+    if job_id is None:
+        return
+    job = store.get_job(job_id)
+    st.subheader(f"Job #{job_id}: {job['status']}")
+    st.progress(job["done"] / max(job["total"], 1), text=f"{job['done']} of {job['total']} pairs")
+    if job["status"] in ("queued", "running"):
+        ensure_background_worker()
+        if st.button("Cancel job"):
+            store.cancel_job(job_id)
+    elif job["status"] == "failed":
+        st.error(f"Failed: {job['error']}")
+    elif job["status"] == "finished":
+        rep = next((r for r in store.representations_of(job["lora_id"])
+                    if r.provenance.get("job_id") == job_id), None)  # fmt: skip
+        if rep is not None:
+            c = st.columns(3)
+            c[0].metric("Strength", f"{rep.strength:.3f}")
+            c[1].metric("Consistency", f"{rep.consistency:.4f}")
+            c[2].metric("Pairs", rep.n_samples)
+            st.page_link("pages/detail.py", label="Open its detail page (neighbours, per-category Strength, "
+                         "image pairs, flags)", icon="🔬", query_params={"lora": job["lora_id"]})  # fmt: skip
+            if rep.embedder.startswith("tiny"):
+                st.caption("Demo space (tiny CLIP): it is not placed on the corpus's scatter or map.")
+            else:
+                st.caption("It now appears on the Risk scatter and the Map with the corpus.")
+
+
+progress_panel()
+recent = store.jobs(limit=20)
+if len(recent):
+    st.subheader("Recent jobs")
+    st.dataframe(pd.DataFrame(recent)[["job_id", "lora_id", "backend", "protocol", "status", "done", "total",
+                                       "requested_by", "created_at", "error"]], hide_index=True, width="stretch")  # fmt: skip

@@ -1,0 +1,117 @@
+"""LoRA detail (``?lora=<id, Civitai version id or sha256>``): metadata, representations with
+percentiles, flags, nearest neighbours by direction, local characterization, review."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app_support import (
+    civitai_url,
+    corpus_frame,
+    decision_panel,
+    detail_url,
+    get_store,
+    hidden_toggle,
+    image_pairs,
+    keep,
+    page_setup,
+    representations_table,
+    require_corpus,
+    threshold_sidebar,
+    url_default,
+)
+from carlos import plots, ranking, review
+
+try:
+    from carlos.textual import clean_text
+except ImportError:  # textual baselines not installed: the raw text is shown as plain text
+    clean_text = None
+
+user = page_setup()
+store, view = get_store(), require_corpus()
+thresholds = threshold_sidebar(view)
+frame = corpus_frame(view, thresholds).set_index("lora_id", drop=False)
+names = dict(zip(frame["lora_id"], frame["name"]))
+
+url_default("detail_lora", None, param="lora", parse=store.resolve_lora_id)
+if st.session_state["detail_lora"] not in names and st.session_state["detail_lora"] is not None:
+    names[st.session_state["detail_lora"]] = st.session_state["detail_lora"]  # no representation yet
+lid = st.selectbox("LoRA (type to search by name)", list(names), key="detail_lora", index=None,
+                   format_func=lambda i: f"{names[i]} ({i})", placeholder="Choose a LoRA")
+keep("detail_lora", param="lora", fmt=lambda v: v or None)
+if lid is None:
+    st.info("Choose a LoRA above, or open one from the Risk, Map or Review pages.")
+    st.stop()
+
+lora = store.get_lora(lid)
+row = frame.loc[lid] if lid in frame.index else None
+st.title(lora.get("name") or lid)
+url = civitai_url(lora.get("model_id"), lora.get("version_id"))
+st.caption(f"`{lid}` · source {lora.get('source')}" + (f" · [Civitai model {lora['model_id']}, version "
+           f"{lora['version_id']}]({url})" if url else "") + (f" · sha256 `{lora['sha256']}`" if lora.get("sha256") else ""))  # fmt: skip
+c = st.columns(4)
+c[0].metric("NSFW", row["nsfw"] if row is not None else "unknown")
+c[1].metric("Downloads", "—" if pd.isna(lora.get("download_count")) else f"{int(lora['download_count']):,}")
+c[2].metric("Risk class", row["risk_class"] if row is not None else "not characterized")
+c[3].metric("Review status", review.status_of(store, lid))
+if lora.get("description"):
+    with st.expander("Creator's description", expanded=False):
+        if clean_text is not None:
+            st.text(clean_text(lora["description"]))
+        else:
+            st.text(lora["description"])
+
+report = lora.get("file_report")
+if report:
+    st.subheader("What the file declares")
+    for text in report.get("contradictions") or []:
+        st.warning(f"Metadata contradicts the tensors: {text}")
+    st.table(pd.DataFrame({"field": ["format", "base model (tensors)", "base model (metadata)", "rank",
+                                     "trigger words"],
+                           "value": [str(report.get(k)) for k in ("format", "base_family", "declared_base",
+                                                                   "rank", "trigger_words")]}))  # fmt: skip
+    with st.expander("All declared metadata"):
+        st.json(report.get("metadata") or {})
+
+st.subheader("Representations")
+representations_table(store, lid)
+flags = list(row["flags"]) if row is not None else []
+for f in flags:
+    st.warning(f"Flag: {f}")
+
+# --- local characterization: per-category Strength and image pairs (empty for corpus LoRAs) ---
+pairs = store.pair_results_for_lora(lid)
+if not pairs.empty:
+    st.subheader("Per-category Strength")
+    st.plotly_chart(plots.category_strength_bar(pairs), key="cat_bar")
+    thumbs = store.thumbnails_for_lora(lid)
+    if not thumbs.empty:
+        st.subheader("Base / LoRA image pairs")
+        image_pairs(thumbs, reveal=st.toggle("Reveal images (blurred until revealed)", key="detail_reveal"))
+else:
+    st.caption("No per-pair data: this LoRA was not characterized on this machine (corpus LoRAs come "
+               "with the authors' Direction, Strength and Consistency only).")  # fmt: skip
+
+if row is not None:
+    st.subheader("Behaves like …")
+    k = st.slider("Neighbours", 3, 50, 10, key="detail_k")
+    res = ranking.similar(view, lid, thresholds=thresholds, top_k=k)
+    hits = res.hits + (res.excluded if hidden_toggle(res.n_excluded, "neighbours", "detail_show_excl") else [])
+    nb = pd.DataFrame([h.to_dict() for h in hits])
+    if len(nb):
+        nb["details"] = nb["lora_id"].map(detail_url)
+        nb["excluded_because"] = nb["excluded_because"].map("; ".join)
+        st.dataframe(nb[["rank", "name", "score", "strength", "consistency", "excluded_because", "details"]],
+                     hide_index=True, width="stretch",
+                     column_config={"score": st.column_config.NumberColumn("cosine", format="%.3f"),
+                                    "details": st.column_config.LinkColumn("Details", display_text="open")})  # fmt: skip
+
+st.subheader("Review")
+decision_panel(store, lid, user)
+history = store.decisions(lid)
+if history.empty:
+    st.caption("No decisions on this LoRA yet.")
+else:
+    st.dataframe(history[["created_at", "reviewer", "action", "status_before", "status_after", "note"]],
+                 hide_index=True, width="stretch")  # fmt: skip

@@ -1,0 +1,92 @@
+"""Review queue (open items, claims, re-uploads and near-duplicates) and the audit log
+(every decision with reviewer, time, status before → after; CSV and Parquet export)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app_support import (
+    choice,
+    detail_url,
+    get_store,
+    hidden_toggle,
+    keep,
+    page_setup,
+    require_corpus,
+    url_default,
+)
+from carlos import review
+
+page_setup()
+st.title("Review queue & audit log")
+store, view = get_store(), require_corpus()
+names = dict(zip(view.frame["lora_id"], view.frame["name"]))
+
+with st.sidebar:
+    st.subheader("Queue")
+    url_default("rq_status", list(review.OPEN_STATUSES), param="status",
+                parse=lambda t: [s for s in t.split(",") if s in review.STATUSES])  # fmt: skip
+    statuses = st.multiselect("Statuses", review.STATUSES, key="rq_status")
+    keep("rq_status", param="status", fmt=lambda v: ",".join(v) if list(v) != list(review.OPEN_STATUSES) else None)
+    url_default("rq_cos", 0.95, param="cos", parse=lambda t: min(max(round(float(t), 2), 0.5), 1.0))
+    cos = st.slider("Near-duplicate level (direction cosine ≥)", 0.5, 1.0, step=0.01, key="rq_cos")
+    keep("rq_cos", param="cos", fmt=lambda v: None if v == 0.95 else f"{v:g}")
+
+# -- the queue ----------------------------------------------------------------------------------------
+st.subheader("Queue")
+all_items = review.status_frame(store, view)
+queue = review.review_queue(store, view, statuses=statuses, near_duplicate_cos=cos) if statuses else all_items[:0]
+reviewers = sorted(set(all_items["reviewer"].dropna()) | set(all_items["claimed_by"].dropna()))
+url_default("rq_reviewer", "anyone", param="reviewer", parse=choice(["anyone", *reviewers]))
+who = st.selectbox("Last decided or claimed by", ["anyone", *reviewers], key="rq_reviewer")
+keep("rq_reviewer", param="reviewer", fmt=lambda v: None if v == "anyone" else v)
+if who != "anyone" and len(queue):
+    queue = queue[(queue["reviewer"] == who) | (queue["claimed_by"] == who)]
+if hidden_toggle(len(all_items) - len(queue), "LoRAs", "rq_show_all", by="the status and reviewer filters"):
+    queue = review.review_queue(store, view, statuses=review.STATUSES, near_duplicate_cos=cos)
+if queue.empty:
+    st.info("Nothing in the queue for these filters. Flag LoRAs on the Risk page or a LoRA's detail page.")
+else:
+    shown = queue.copy()
+    shown["claim"] = shown["claimed_by"].fillna("unclaimed")
+    for col in ("near_duplicates", "same_file"):
+        shown[col] = shown[col].map(lambda ids: "; ".join(names.get(i, i) for i in ids))
+    shown["details"] = shown["lora_id"].map(detail_url)
+    st.dataframe(
+        shown[["name", "status", "claim", "reviewer", "decided_at", "note", "same_file", "near_duplicates",
+               "strength", "consistency", "details"]],
+        hide_index=True, width="stretch",
+        column_config={"same_file": "re-uploads (same sha256)", "near_duplicates": f"near-duplicates (cos ≥ {cos:g})",
+                       "details": st.column_config.LinkColumn("Details", display_text="open & decide"),
+                       "reviewer": "last decided by", "decided_at": "at"},
+    )  # fmt: skip
+
+# -- the audit log ----------------------------------------------------------------------------------------
+st.subheader("Audit log")
+log = store.decisions()
+if log.empty:
+    st.caption("No decisions recorded yet. The log is append-only: decisions are never edited or deleted.")
+    st.stop()
+f = st.columns(3)
+by = f[0].multiselect("Reviewer", sorted(log["reviewer"].unique()), key="log_reviewer")
+acts = f[1].multiselect("Action", sorted(log["action"].unique()), key="log_action")
+text = f[2].text_input("LoRA name contains", key="log_name")
+keep_rows = pd.Series(True, index=log.index)
+if by:
+    keep_rows &= log["reviewer"].isin(by)
+if acts:
+    keep_rows &= log["action"].isin(acts)
+if text:
+    keep_rows &= log["name"].fillna("").str.contains(text, case=False, regex=False)
+if hidden_toggle(int((~keep_rows).sum()), "decisions", "log_show_all", by="the filters above"):
+    keep_rows[:] = True
+shown = log[keep_rows].copy()
+shown["change"] = shown["status_before"] + " → " + shown["status_after"]
+st.dataframe(shown[["created_at", "reviewer", "name", "action", "change", "note", "lora_id"]],
+             hide_index=True, width="stretch")  # fmt: skip
+d = st.columns(2)
+d[0].download_button("Download the whole log (CSV)", review.export_audit_log(store, "csv"),
+                     "carlos-audit-log.csv", "text/csv", key="log_csv")  # fmt: skip
+d[1].download_button("Download the whole log (Parquet)", review.export_audit_log(store, "parquet"),
+                     "carlos-audit-log.parquet", "application/vnd.apache.parquet", key="log_parquet")  # fmt: skip

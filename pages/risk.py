@@ -1,0 +1,110 @@
+"""Risk: Strength (substantiality) × Consistency (volition) of the whole corpus, with the
+threshold regions; select LoRAs on the chart to flag them in bulk; save thresholds."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app_support import (
+    choice,
+    colour_choices,
+    corpus_frame,
+    explained,
+    flash,
+    fmt_threshold,
+    get_store,
+    ids_param,
+    keep,
+    last_search,
+    lora_table,
+    page_setup,
+    parse_ids,
+    require_corpus,
+    threshold_sidebar,
+    url_default,
+    write_note,
+)
+from carlos import plots, review
+from carlos.risk import RiskPolicy, corpus_stats
+
+user = page_setup()
+st.title("Risk: substantiality × volition")
+st.caption("Strength: how much of the output a LoRA contributes (substantiality). Consistency: how far "
+           "its effect happens whatever the prompt asks (volition). Strong *and* consistent LoRAs "
+           "deserve review; weak or inconsistent ones are unlikely to reproduce protected elements.")  # fmt: skip
+
+store, view = get_store(), require_corpus()
+thresholds = threshold_sidebar(view)
+colours = colour_choices(["risk class", "NSFW level", "review status"])
+with st.sidebar:
+    url_default("risk_axes", "values", param="axes", parse=choice(plots.AXES))
+    axes = st.radio("Axes", plots.AXES, key="risk_axes", horizontal=True,
+                    format_func={"values": "values", "ranks": "ranks (as in the paper)"}.get)  # fmt: skip
+    keep("risk_axes", param="axes", fmt=lambda v: None if v == "values" else v)
+    url_default("risk_colour", "risk class", param="colour", parse=choice(colours))
+    colour = st.selectbox("Colour by", colours, key="risk_colour")
+    keep("risk_colour", param="colour", fmt=lambda v: None if v == "risk class" else v)
+
+frame = corpus_frame(view, thresholds)
+if colour == "search score":
+    frame["score"] = frame["lora_id"].map(last_search()["scores"])
+stats = corpus_stats(view.frame, view.embedder, RiskPolicy(thresholds=thresholds))
+m = st.columns(5)
+m[0].metric("Too strong", stats.over_strength)
+m[1].metric("Too unstable", stats.under_consistency)
+m[2].metric("Retained", stats.retained)
+m[3].metric("Review", stats.risk_classes["review"])
+m[4].metric("Low risk", stats.risk_classes["low risk"])
+st.caption(f"All {stats.loras} LoRAs are plotted; the thresholds only classify them "
+           f"({stats.excluded_by_both} are both too strong and too unstable). "
+           f"Corr(Strength, Consistency) = {stats.strength_consistency_r:.2f}.")  # fmt: skip
+
+cuts = (frame.attrs["review_strength_min"], frame.attrs["review_consistency_min"])
+fig = plots.risk_scatter(frame, thresholds, axes=axes, colour=colour, review_cuts=cuts)
+event = st.plotly_chart(fig, key="risk_scatter", on_select="rerun", selection_mode=("box", "lasso"))
+
+# selection: the chart's box/lasso, else the link's ?sel=…; editable before flagging
+names = dict(zip(frame["lora_id"], frame["name"]))
+chart_ids = plots.selected_ids(event.selection if event else None)
+if chart_ids and chart_ids != st.session_state.get("_risk_chart_ids"):
+    st.session_state["risk_sel"] = chart_ids
+st.session_state["_risk_chart_ids"] = chart_ids
+url_default("risk_sel", [], param="sel", parse=lambda t: [i for i in parse_ids(t) if i in names])
+st.subheader("Selected LoRAs")
+selected = st.multiselect("Box- or lasso-select points on the chart, or pick LoRAs here",
+                          list(names), key="risk_sel", format_func=lambda i: f"{names[i]} ({i})")  # fmt: skip
+keep("risk_sel", param="sel", fmt=ids_param)
+if selected:
+    lora_table(frame.set_index("lora_id").loc[selected].reset_index(), key="risk_selected_table")
+    write_note(user)
+    with st.form("bulk_flag"):
+        note = st.text_input("Note for the audit log", key="risk_flag_note")
+        go = st.form_submit_button(f"Flag these {len(selected)} LoRAs", disabled=not user.can_write)
+    if go:
+        with explained("flag the selection"):
+            res = review.bulk_flag(store, selected, user.name, note or None)
+            flash("success", f"Flagged {len(res['flagged'])} LoRA(s) as {user.name}.")
+            for lid, why in res["skipped"]:
+                flash("warning", f"Skipped {names.get(lid, lid)}: {why}.")
+            st.rerun()
+else:
+    st.caption("Nothing selected.")
+
+st.subheader("Save these thresholds")
+st.caption(f"Records Strength ≤ {fmt_threshold(thresholds.strength_max)} and Consistency ≥ "
+           f"{fmt_threshold(thresholds.consistency_min)} "
+           "as the team's thresholds, with your name and the time; every page starts from them.")  # fmt: skip
+with st.form("save_thresholds"):
+    t_note = st.text_input("Why (for the record)", key="risk_thr_note")
+    save = st.form_submit_button("Save these thresholds", disabled=not user.can_write)
+if save:
+    with explained("save the thresholds"):
+        review.set_thresholds(store, thresholds, user.name, t_note or None)
+        flash("success", f"Saved the thresholds as {user.name}.")
+        st.rerun()
+history = store.threshold_history()
+if history.empty:
+    st.caption("No reviewer has saved thresholds yet: the paper's 9.8 / 0.041 apply.")
+else:
+    st.dataframe(history[["created_at", "reviewer", "strength_max", "consistency_min", "note"]],
+                 hide_index=True, width="stretch")  # fmt: skip

@@ -1,0 +1,115 @@
+"""Search: find LoRAs that do what the query says; compare behaviour with text side by side."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app_support import (
+    SEARCH_KEY, detail_url, explained, hidden_toggle, keep, page_setup, require_corpus,
+    search_service, threshold_sidebar, url_default,
+)  # fmt: skip
+from carlos.retrieval import LABELS, RETRIEVERS, SearchConfig
+
+user = page_setup()
+st.title("Search LoRAs by what they do")
+view = require_corpus()
+thresholds = threshold_sidebar(view, user)
+service = search_service()
+status = {s.name: s for s in service.status()}
+
+
+def label(name: str) -> str:
+    s = status[name]
+    return LABELS[name] if s.available else f"{LABELS[name]} — unavailable: {s.reason}"
+
+
+url_default("q", "", param="q")
+url_default("retriever", "carlos" if status["carlos"].available else "behaviour", param="r")
+url_default("top_k", 10, param="k", parse=lambda t: max(1, min(100, int(t))))
+url_default("compare", False, param="cmp", parse=lambda t: t == "1")
+with st.sidebar:
+    st.subheader("Search")
+    retriever = st.radio("Retriever", RETRIEVERS, key="retriever", format_func=label)
+    top_k = st.slider("Results", 1, 100, key="top_k")
+    compare = st.toggle("Compare with a textual baseline", key="compare")
+    baseline = st.selectbox("Baseline", ["bm25", "text-embedding"], format_func=LABELS.get,
+                            disabled=not compare)  # fmt: skip
+keep("retriever", param="r")
+keep("top_k", param="k")
+keep("compare", param="cmp", fmt=lambda v: "1" if v else None)
+
+query = st.text_input("What should the LoRA do?", key="q",
+                      placeholder="e.g. pixel art · snowfall, cold winter scene · ukiyo-e woodblock print")  # fmt: skip
+keep("q", param="q", fmt=lambda v: v.strip() or None)
+if not status[retriever].available:
+    st.warning(f"{LABELS[retriever]} is unavailable here: {status[retriever].reason}. "
+               "Pick behaviour search (text-seeded, works without CLIP weights) or a textual baseline.")  # fmt: skip
+    st.stop()
+if not query.strip():
+    st.info("Type a query. **CARLoS** turns it into a direction in CLIP space and ranks LoRAs by what "
+            "their images change; **behaviour search** does the same without CLIP, seeding the direction "
+            "with LoRAs whose descriptions match; the textual baselines only read names and descriptions.")  # fmt: skip
+    st.stop()
+
+
+def run(name: str):
+    with st.spinner(f"{LABELS[name]}…"):
+        return service.search(query, SearchConfig(retriever=name, top_k=top_k, thresholds=thresholds))
+
+
+def table(result, only_here: set[str] | None = None, key: str = "") -> None:
+    for note in result.notes:
+        st.caption(f"ℹ️ {note}")
+    rows = pd.DataFrame([h.to_dict() for h in result.hits])
+    if rows.empty:
+        st.info("No LoRA passed the thresholds for this query.")
+    else:
+        rows["open"] = rows["lora_id"].map(detail_url)
+        rows["flags"] = rows["flags"].map("; ".join)
+        if only_here is not None:
+            rows["name"] = [("★ " if lid in only_here else "") + n for lid, n in zip(rows["lora_id"], rows["name"])]
+        st.dataframe(
+            rows[["rank", "name", "score", "strength", "strength_pct", "consistency", "consistency_pct",
+                  "flags", "open"]],
+            hide_index=True, width="stretch", key=f"tbl_{key}",
+            column_config={
+                "name": st.column_config.TextColumn("LoRA", width="large"),
+                "score": st.column_config.NumberColumn("Score", format="%.3f"),
+                "strength": st.column_config.NumberColumn("Strength", format="%.2f"),
+                "strength_pct": st.column_config.NumberColumn("Str pct", format="%.0f"),
+                "consistency": st.column_config.NumberColumn("Consistency", format="%.3f"),
+                "consistency_pct": st.column_config.NumberColumn("Cons pct", format="%.0f"),
+                "open": st.column_config.LinkColumn("Detail", display_text="open"),
+            },
+        )  # fmt: skip
+    if hidden_toggle(result.n_excluded, "LoRAs", key=f"hidden_{key}", by="the thresholds"):
+        ex = pd.DataFrame([h.to_dict() for h in result.excluded])
+        if not ex.empty:
+            ex["why"] = ex["excluded_because"].map("; ".join)
+            st.dataframe(ex[["rank", "name", "score", "strength", "consistency", "why"]],
+                         hide_index=True, width="stretch")  # fmt: skip
+
+
+with explained("search"):
+    main = run(retriever)
+    st.session_state[SEARCH_KEY] = {
+        "query": query, "retriever": retriever, "hits": [h.lora_id for h in main.hits],
+        "scores": {h.lora_id: h.score for h in main.hits},
+    }  # fmt: skip
+    if not compare:
+        st.subheader(f"{LABELS[retriever]}: {len(main.hits)} results")
+        table(main, key="main")
+    else:
+        other = run(baseline)
+        a, b = {h.lora_id for h in main.hits}, {h.lora_id for h in other.hits}
+        st.caption(f"★ marks what only one side finds: {len(a - b)} only by {retriever}, "
+                   f"{len(b - a)} only by {baseline}, {len(a & b)} by both.")  # fmt: skip
+        left, right = st.columns(2)
+        with left:
+            st.subheader(LABELS[retriever])
+            table(main, a - b, key="left")
+        with right:
+            st.subheader(LABELS[baseline])
+            table(other, b - a, key="right")
+    st.page_link("pages/map.py", label="See the results on the map", icon="🗺️")
