@@ -18,6 +18,8 @@ from carlos.config import REPO_ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = REPO_ROOT / "artifacts" / "screenshots"
+#: Shareable-link parameters that make a page show real content instead of its empty state.
+QUERIES = {"detail": "?lora=130580", "search": "?q=pixel+art&r=behaviour&k=10&cmp=1"}
 
 
 def _pages() -> list[str]:
@@ -76,13 +78,16 @@ def test_every_page_renders_without_errors(server: str) -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         for path in pages:
-            page.goto(f"{server}/{path}", wait_until="networkidle", timeout=120_000)
+            page.goto(f"{server}/{path}{QUERIES.get(path, '')}", wait_until="networkidle", timeout=120_000)
             page.wait_for_selector('[data-testid="stMain"]', timeout=120_000)
-            # Streamlit shows a "running" status widget while the script executes
-            deadline = time.monotonic() + 180
-            while page.locator('[data-testid="stStatusWidget"]').count() and time.monotonic() < deadline:
-                time.sleep(0.5)
-            time.sleep(1.0)
+            # the app root says when the page's script has finished (UMAP may take a while)
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                                   timeout=240_000)  # fmt: skip
+            page.wait_for_load_state("networkidle")
+            for grid in page.locator('[data-testid="stDataFrame"]').all():  # canvas grids draw lazily
+                grid.scroll_into_view_if_needed()
+            page.mouse.wheel(0, -100_000)
+            time.sleep(2.0)
             errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
             text = page.locator('[data-testid="stMain"]').inner_text()
             page.screenshot(path=str(SHOTS / f"{path}.png"), full_page=True)
