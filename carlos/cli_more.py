@@ -6,8 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from carlos.cli import _emit, _hits_text, add_json, add_threshold_options, command, open_store
-from carlos.cli import thresholds_from
+from carlos.cli import _emit, _hits_text, add_json, add_threshold_options, command, open_store, thresholds_from
 from carlos.errors import WeightsUnavailableError
 
 

@@ -17,9 +17,9 @@ import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from carlos.config import REPO_ROOT
@@ -219,7 +219,7 @@ def get_prompt_set(name: str = DEFAULT_PROMPT_SET) -> PromptSet:
     return _load_registered(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_registered(name: str) -> PromptSet:
     pset = load_prompt_set(REPO_ROOT / "data" / _REGISTRY[name])
     if pset.id != name:

@@ -28,7 +28,7 @@ import numpy as np
 
 from carlos.catalog import CorpusView, load_view
 from carlos.config import CORPUS_EMBEDDER, Thresholds
-from carlos.errors import CarlosError, InvalidInputError, WeightsUnavailableError
+from carlos.errors import InvalidInputError, WeightsUnavailableError
 from carlos.ranking import SearchResult, check_top_k, rank
 from carlos.store import Store
 
@@ -108,29 +108,18 @@ class SearchService:
 
     # -- availability ------------------------------------------------------------------------
     def status(self, config: SearchConfig | None = None) -> list[RetrieverStatus]:
-        """Which retrievers work right now, and why not."""
+        """Which retrievers work right now with ``config``'s models, and why not."""
+        from carlos import capabilities
+
         config = config or SearchConfig()
-        from carlos.models.clip import get_clip_spec, resolve_clip_checkpoint
-
-        out = []
-        spec = get_clip_spec(config.clip_model)
-        try:
-            ok = spec.weights != "openai" or resolve_clip_checkpoint(spec, config.clip_checkpoint) is not None
-            why = f"CLIP {spec.name}" if ok else f"CLIP {spec.name} weights are not on this machine"
-        except WeightsUnavailableError as e:
-            ok, why = False, str(e).splitlines()[0]
-        out.append(RetrieverStatus("carlos", LABELS["carlos"], ok, why))
-        out.append(RetrieverStatus("behaviour", LABELS["behaviour"], True,
-                                   "stored LoRA directions seeded by textual matches"))  # fmt: skip
-        out.append(RetrieverStatus("bm25", LABELS["bm25"], True, "always available"))
-        try:
-            from carlos.textual import resolve_text_model
-
-            _, model_id = resolve_text_model(config.text_model)
-            out.append(RetrieverStatus("text-embedding", LABELS["text-embedding"], True, model_id))
-        except CarlosError as e:
-            out.append(RetrieverStatus("text-embedding", LABELS["text-embedding"], False, str(e)))
-        return out
+        clip = capabilities.clip_weights(config.clip_model, config.clip_checkpoint)
+        text = capabilities.text_model(config.text_model)
+        ok = {"carlos": clip, "behaviour": None, "bm25": None, "text-embedding": text}
+        return [
+            RetrieverStatus(name, LABELS[name], cap is None or cap.available,
+                            "always available" if cap is None else cap.detail)
+            for name, cap in ok.items()
+        ]  # fmt: skip
 
     # -- entry point ---------------------------------------------------------------------------
     def search(self, query: str, config: SearchConfig | None = None) -> SearchResult:

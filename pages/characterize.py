@@ -9,7 +9,13 @@ import pandas as pd
 import streamlit as st
 
 from app_support import (
-    capabilities, detail_url, ensure_background_worker, explained, get_store, page_setup, write_note,
+    capabilities,
+    detail_url,
+    ensure_background_worker,
+    explained,
+    get_store,
+    page_setup,
+    write_note,
 )  # fmt: skip
 from carlos import jobs
 from carlos.capabilities import sdxl_weights

@@ -6,8 +6,16 @@ import pandas as pd
 import streamlit as st
 
 from app_support import (
-    SEARCH_KEY, detail_url, explained, hidden_toggle, keep, page_setup, require_corpus,
-    search_service, threshold_sidebar, url_default,
+    SEARCH_KEY,
+    detail_url,
+    explained,
+    hidden_toggle,
+    keep,
+    page_setup,
+    require_corpus,
+    search_service,
+    threshold_sidebar,
+    url_default,
 )  # fmt: skip
 from carlos.retrieval import LABELS, RETRIEVERS, SearchConfig
 
