@@ -30,15 +30,32 @@ def _sd15_lora(path: Path) -> None:
     }, str(path), metadata={"ss_base_model_version": "sdxl_base_v1-0"})  # fmt: skip
 
 
-def _nan_lora(path: Path) -> None:
-    make_test_lora(path, seed=1)
-    from safetensors.numpy import load_file, save_file
+def _poisoned_lora(value: float):
+    def write(path: Path) -> None:
+        make_test_lora(path, seed=1)
+        from safetensors.numpy import load_file, save_file
 
-    tensors = load_file(str(path))
-    key = next(iter(tensors))
-    tensors[key] = tensors[key].copy()
-    tensors[key].flat[0] = np.nan
-    save_file(tensors, str(path))
+        tensors = load_file(str(path))
+        key = next(iter(tensors))
+        tensors[key] = tensors[key].copy()
+        tensors[key].flat[0] = value
+        save_file(tensors, str(path))
+
+    return write
+
+
+def _flux_lora(path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    z = np.zeros
+    save_file({
+        "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": z((4, 3072), np.float16),
+        "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": z((3072, 4), np.float16),
+    }, str(path))  # fmt: skip
+
+
+def _header_beyond_file(path: Path) -> None:
+    path.write_bytes((10_000).to_bytes(8, "little") + b'{"a": 1}')
 
 
 BAD_FILES = {
@@ -46,7 +63,10 @@ BAD_FILES = {
     "disguised.safetensors": (lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 64), InvalidLoRAFileError, "zip"),
     "truncated.safetensors": (lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a"), InvalidLoRAFileError, ""),
     "empty.safetensors": (lambda p: p.write_bytes(b""), InvalidLoRAFileError, "empty"),
-    "nan.safetensors": (_nan_lora, InvalidLoRAFileError, "NaN"),
+    "nan.safetensors": (_poisoned_lora(np.nan), InvalidLoRAFileError, "NaN"),
+    "inf.safetensors": (_poisoned_lora(np.inf), InvalidLoRAFileError, "inf"),
+    "flux.safetensors": (_flux_lora, UnsupportedBaseModelError, "Flux"),
+    "header.safetensors": (_header_beyond_file, InvalidLoRAFileError, "header"),
     "sd15.safetensors": (_sd15_lora, UnsupportedBaseModelError, "SD 1.5"),
 }  # fmt: skip
 
