@@ -66,9 +66,13 @@ def validate_upload(path: Path, original_name: str | None, backend: str,
 def submit(
     store: Store, path: str | Path, *, backend: str = "tiny", protocol: str = "smoke",
     trigger: str | None = None, original_name: str | None = None, requested_by: str | None = None,
-    uploads_dir: Path | None = None, limits: LoRAFileLimits | None = None,
+    uploads_dir: Path | None = None, limits: LoRAFileLimits | None = None, name: str | None = None,
 ) -> Submission:  # fmt: skip
-    """Validate, store a sanitised copy, register the LoRA and enqueue its job."""
+    """Validate, store a sanitised copy, register the LoRA and enqueue its job.
+
+    ``name`` (e.g. from a manifest) is the display name of a LoRA registered for the first
+    time; by default the file's metadata title or its file name.
+    """
     path = Path(path)
     proto = get_protocol(protocol)
     report = validate_upload(path, original_name or path.name, backend, limits)
@@ -83,7 +87,7 @@ def submit(
         os.replace(tmp, stored)  # atomic: a half-copied file is never used
     lora_id = f"sha256:{report.sha256}"
     known = store.find_by_sha256(report.sha256) is not None
-    name = (report.metadata.get("ss_output_name") or report.metadata.get("modelspec.title")
+    name = (name or report.metadata.get("ss_output_name") or report.metadata.get("modelspec.title")
             or Path(safe_filename(original_name or path.name)).stem)  # fmt: skip
     store.upsert_loras([{
         "lora_id": lora_id, "source": "upload", "name": str(name)[:200], "sha256": report.sha256,
@@ -91,10 +95,7 @@ def submit(
         "trigger_words": list(report.trigger_words or []),
         "folder_name": safe_filename(original_name or path.name),
     }])  # fmt: skip
-    jobs = store.jobs(limit=10_000)
-    same = jobs[(jobs["lora_id"] == lora_id) & (jobs["backend"] == backend)
-                & (jobs["protocol"] == protocol) & jobs["status"].isin(["queued", "running", "finished"])]
-    for job_id, options in zip(same["job_id"], same["options"]):
+    for job_id, options in store.live_jobs_of(lora_id, backend, protocol):
         if json.loads(options or "{}").get("trigger") == trigger:
             return Submission(int(job_id), lora_id, report, int(job_id), known)
     pairs, _ = protocol_pairs(proto)

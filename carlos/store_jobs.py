@@ -50,6 +50,15 @@ class JobsSQL:
         with self.session() as con:  # type: ignore[attr-defined]
             return con.execute(sql, params).df()
 
+    def live_jobs_of(self, lora_id: str, backend: str, protocol: str) -> list[tuple[int, str | None]]:
+        """(job_id, options JSON) of the queued, running or finished jobs of one LoRA/backend/protocol."""
+        with self.session() as con:  # type: ignore[attr-defined]
+            return con.execute(
+                "SELECT job_id, options FROM jobs WHERE lora_id = ? AND backend = ? AND protocol = ? "
+                "AND status IN ('queued', 'running', 'finished') ORDER BY job_id",
+                [lora_id, backend, protocol],
+            ).fetchall()
+
     def claim_next_job(
         self, worker: str, stale_after_s: float, job_id: int | None = None
     ) -> dict[str, Any] | None:

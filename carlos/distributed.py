@@ -1,0 +1,533 @@
+"""Characterization of many LoRAs on a Ray cluster; the driver is the only store writer.
+
+Ray **actors** (one per GPU, or per ``cpus_per_actor`` CPUs) each load the pipeline and CLIP
+once and turn *chunks* of (prompt, seed) pairs into CLIP features; a LoRA stays attached
+while its actor works through that LoRA's chunks. The driver (:func:`characterize_on_ray`)
+keeps the base embeddings (the store's base cache, or base chunks run first), forms every
+diff itself, writes each chunk's diffs as ``ray.wait`` hands them back and finishes a job
+with :meth:`Characterizer.finish` on the stored diffs, as a single-process worker does.
+LoRA files reach the workers through the object store. A dead actor process is restarted
+by Ray and its calls retried; an actor gone for good has its chunks re-queued. Stopped at
+any point, a rerun redoes only the chunks that were in flight (README: "Many LoRAs on Ray").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carlos.characterize import (
+    CLIP_FOR_BACKEND,
+    Characterizer,
+    Pair,
+    Progress,
+    get_protocol,
+    lora_prompt,
+    png_thumbnail,
+    protocol_pairs,
+)
+from carlos.errors import CarlosError, InvalidInputError
+from carlos.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How the work is spread over the cluster."""
+
+    actors: int | None = None  # default: one per GPU, else one per cpus_per_actor CPUs
+    cpus_per_actor: float = 1.0  # CPUs reserved per actor (and torch threads on CPU)
+    use_gpus: bool | None = None  # None: one GPU per actor when the cluster has GPUs
+    chunk_pairs: int = 8  # pairs per work item (one GPU batch); smaller: less lost on a crash
+    in_flight_per_actor: int = 2  # queued at each actor, so it never waits for the driver
+    max_restarts: int = 10  # Ray restarts of an actor whose process died (pipeline reloaded)
+    max_task_retries: int = 2  # Ray retries of the calls in flight at a death
+    max_chunk_attempts: int = 3  # then the driver re-queues; a chunk failing this often fails its job
+    stale_after_s: float = 120.0  # take over jobs of other workers silent this long
+    heartbeat_s: float = 15.0  # how often open jobs' heartbeats are refreshed
+    thumbnails: int = 4  # image pairs kept per job for the dashboard
+    worker_id: str | None = None  # default ray-driver@<host>: a restarted driver takes its jobs back
+    start_timeout_s: float = 900.0  # for an actor to load its pipeline (or be placed at all)
+
+    def __post_init__(self) -> None:
+        for name in ("actors", "chunk_pairs", "in_flight_per_actor", "max_chunk_attempts", "cpus_per_actor"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InvalidInputError(f"{name} must be > 0, got {value!r}")
+
+
+@dataclass
+class RunReport:
+    """What a run did; ``failed`` and ``skipped`` say why per job."""
+
+    finished: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
+    lora_pairs_computed: int = 0
+    lora_pairs_already_stored: int = 0
+    base_pairs_computed: int = 0
+    base_pairs_cached: int = 0
+    chunks_requeued: int = 0
+    worker_restarts: int = 0
+    actors: int = 0
+    devices: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ChunkWorker:
+    """Body of a Ray actor: one loaded pipeline + CLIP turning chunks into CLIP features."""
+
+    def __init__(self, backend: str, protocol: str, backend_factory: Callable | None,
+                 clip_factory: Callable | None, cpu_threads: int | None) -> None:  # fmt: skip
+        if cpu_threads:  # a CPU actor must not wander onto a GPU of its node that Ray gave another
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        import torch
+        from transformers.utils import logging as transformers_logging
+
+        from carlos import jobs
+
+        transformers_logging.disable_progress_bar()  # one bar per LoRA load would flood the driver's log
+        if cpu_threads:
+            torch.set_num_threads(cpu_threads)
+        self.backend = (backend_factory or jobs.default_backend_factory)(backend, protocol)
+        self.clip = (clip_factory or jobs.default_clip_factory)(CLIP_FOR_BACKEND[jobs.check_backend(backend)])
+        self.active_sha: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"settings": self.backend.settings_dict(), "backend_id": self.backend.backend_id,
+                "embedder_id": self.clip.embedder_id, "weights_source": getattr(self.clip, "weights_source", None),
+                "where": f"{socket.gethostname()}:{os.getpid()}:{getattr(self.backend, 'device', '?')}"}  # fmt: skip
+
+    def features(self, prompts: list[str], seeds: list[int], lora: tuple[str, list] | None,
+                 thumbs: list[bool]) -> tuple[np.ndarray, list[bytes | None], int]:  # fmt: skip
+        """CLIP features of base images (``lora=None``) or of the LoRA's images, PNG
+        thumbnails where asked, and this process's id (lets the driver count restarts)."""
+        if lora is None:
+            images = self.backend.generate(prompts, seeds, base=True)
+        else:
+            self._attach(*lora)
+            images = self.backend.generate(prompts, seeds)
+        feats = np.asarray(self.clip.image_features(images), dtype=np.float32)
+        return feats, [png_thumbnail(im) if t else None for im, t in zip(images, thumbs)], os.getpid()
+
+    def _attach(self, sha256: str, box: list[Any]) -> None:
+        """Make the LoRA ``sha256`` the active adapter (``box`` holds its bytes' ObjectRef)."""
+        if self.active_sha == sha256 and getattr(self.backend, "active_lora", None) is not None:
+            return
+        import ray
+
+        data = ray.get(box[0])
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise CarlosError(f"LoRA sha256:{sha256[:12]}… arrived corrupted on {socket.gethostname()}")
+        self.active_sha = None
+        fd, tmp = tempfile.mkstemp(prefix="carlos-lora-", suffix=".safetensors")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            self.backend.load_lora(tmp)  # the adapter is in memory once this returns
+        finally:
+            os.unlink(tmp)
+        self.active_sha = sha256
+
+
+def _characterizer(store: Store, desc: dict[str, Any], thumbnails: int = 4) -> Characterizer:
+    """A driver-side Characterizer (no models) for base_key() and finish()."""
+    facts = _Described(desc)
+    return Characterizer(store, facts, facts, thumbnails=thumbnails)
+
+
+class _Described:
+    """The backend/CLIP facts Characterizer.base_key and .finish read, as a worker reported them."""
+
+    def __init__(self, desc: dict[str, Any]) -> None:
+        self._settings = dict(desc["settings"])
+        self.backend_id = desc["backend_id"]
+        self.embedder_id = desc["embedder_id"]
+        self.weights_source = desc["weights_source"]
+
+    def settings_dict(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+
+@dataclass
+class _Chunk:
+    job_id: int | None  # None: base images
+    pairs: list[Pair]
+    attempts: int = 0
+
+
+@dataclass
+class _Job:
+    job: dict[str, Any]
+    trigger: str | None
+    done: int
+    pending: deque = field(default_factory=deque)
+    lora_box: list[Any] = field(default_factory=list)  # [ObjectRef of the file's bytes]
+    sha256: str = ""
+
+
+@dataclass
+class _Slot:
+    actor: Any
+    desc: dict[str, Any]
+    pid: int | None = None
+    in_flight: int = 0
+    current_job: int | None = None
+    alive: bool = True
+
+
+def _why(err: BaseException) -> str:
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"[:500]
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:500]
+
+
+def start_actors(config: RayConfig, backend: str, protocol: str, backend_factory: Callable | None = None,
+                 clip_factory: Callable | None = None) -> list[_Slot]:  # fmt: skip
+    """Start the actors (each loads its pipeline), wait until they are ready, check they agree."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 0))
+    use_gpu = gpus > 0 if config.use_gpus is None else config.use_gpus
+    if use_gpu and gpus == 0:
+        raise InvalidInputError("use_gpus is set but the Ray cluster has no GPU")
+    fit = gpus if use_gpu else int(cpus // config.cpus_per_actor)
+    n = min(config.actors or fit, fit)
+    if n < 1:
+        raise InvalidInputError(f"the Ray cluster ({cpus:g} CPUs, {gpus} GPUs) fits no actor of "
+                                f"{config.cpus_per_actor:g} CPUs{' + 1 GPU' if use_gpu else ''}")  # fmt: skip
+    if config.actors and config.actors > fit:
+        log.warning("asked for %d actors; the cluster fits %d", config.actors, fit)
+    remote = ray.remote(ChunkWorker).options(
+        num_cpus=config.cpus_per_actor, num_gpus=1 if use_gpu else 0,
+        max_restarts=config.max_restarts, max_task_retries=config.max_task_retries)  # fmt: skip
+    threads = None if use_gpu else max(1, int(config.cpus_per_actor))
+    actors = [remote.remote(backend, protocol, backend_factory, clip_factory, threads) for _ in range(n)]
+    slots, errors = [], []
+    deadline = time.monotonic() + config.start_timeout_s
+    for actor, ref in [(a, a.describe.remote()) for a in actors]:
+        try:
+            slots.append(_Slot(actor, ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))))
+        except ray.exceptions.RayError as err:  # GetTimeoutError included
+            errors.append(_why(err))
+            ray.kill(actor, no_restart=True)
+    if errors:
+        log.warning("%d of %d Ray workers could not load the pipeline: %s", len(errors), n, errors[0])
+    if not slots:
+        raise CarlosError(f"no Ray worker could load the pipeline: {errors[0]}")
+    if len({_characterizer(None, s.desc).base_key() for s in slots}) > 1:  # type: ignore[arg-type]
+        stop_actors(slots)
+        raise CarlosError("the Ray workers would not make the same images (different weights, settings "
+                          f"or device types): {sorted((s.desc['where'], s.desc['backend_id']) for s in slots)}; "
+                          "use one kind of node per run (or --no-gpus)")  # fmt: skip
+    return slots
+
+
+def stop_actors(slots: list[_Slot]) -> None:
+    import ray
+
+    for s in slots:
+        ray.kill(s.actor, no_restart=True)
+
+
+class _Driver:
+    """The ray.wait loop: hands chunks to actors, writes what comes back, finishes jobs."""
+
+    def __init__(self, store: Store, slots: list[_Slot], jobs: list[dict[str, Any]], protocol: str,
+                 config: RayConfig, progress: Progress | None, report: RunReport) -> None:  # fmt: skip
+        self.store, self.slots, self.config, self.progress, self.report = store, slots, config, progress, report
+        self.worker_id = config.worker_id or f"ray-driver@{socket.gethostname()}"
+        self.protocol = get_protocol(protocol)
+        self.pairs, self.subset = protocol_pairs(self.protocol)
+        self.char = _characterizer(store, slots[0].desc, config.thumbnails)
+        self.base_key = self.char.base_key()
+        self.waiting = deque(int(j["job_id"]) for j in jobs)  # not opened (claimed) yet
+        self.open: dict[int, _Job] = {}
+        self.in_flight: dict[Any, tuple[_Slot, _Chunk]] = {}
+        self.held: dict[int, list[tuple[Pair, np.ndarray, bytes | None]]] = {}  # LoRA results awaiting base
+        self.total = sum(int(j["total"]) for j in jobs)
+        self.done = sum(int(j["done"]) for j in jobs)
+        self.base = store.get_base_embeddings(self.base_key, [(p.prompt, p.seed) for p in self.pairs])
+        report.base_pairs_cached = len(self.base)
+        missing = [p for p in self.pairs if (p.prompt, p.seed) not in self.base]
+        n = config.chunk_pairs
+        self.base_pending = deque(_Chunk(None, missing[i : i + n]) for i in range(0, len(missing), n))
+        self.base_png = {p.index: store.base_thumbnail(self.base_key, p.prompt, p.seed)
+                         for p in self.pairs[: config.thumbnails] if (p.prompt, p.seed) in self.base}  # fmt: skip
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def _open(self, job_id: int) -> _Job | None:
+        """Claim a job and plan its missing pairs; None if there is nothing to run."""
+        import ray
+
+        job = self.store.get_job(job_id)
+        status, holder = job["status"], job.get("worker")
+        if status in ("finished", "failed", "cancelled"):
+            return self._skip(job, f"{status} meanwhile")
+        mine = status == "running" and holder == self.worker_id  # a previous run of this driver
+        claimed = self.store.claim_next_job(self.worker_id, 0.0 if mine else self.config.stale_after_s, job_id)
+        if claimed is None:
+            return self._skip(job, f"running on worker {holder}")
+        stored = self.store.done_pairs(job_id)
+        self.report.lora_pairs_already_stored += len(stored)
+        state = _Job(claimed, (claimed.get("options") or {}).get("trigger") or None, len(stored))
+        todo = [p for p in self.pairs if p.index not in stored]
+        if not todo:
+            self._finish(state)
+            return None
+        try:
+            data = Path(claimed["file_path"]).read_bytes()
+        except OSError as err:
+            self._fail(state, f"LoRA file unreadable on the driver: {err}")
+            return None
+        state.sha256 = hashlib.sha256(data).hexdigest()
+        if state.sha256 != (claimed.get("options") or {}).get("sha256", state.sha256):
+            self._fail(state, f"{claimed['file_path']} changed since it was validated; submit it again")
+            return None
+        state.lora_box = [ray.put(data)]
+        n = self.config.chunk_pairs
+        state.pending.extend(_Chunk(job_id, todo[i : i + n]) for i in range(0, len(todo), n))
+        self.open[job_id] = state
+        return state
+
+    def _skip(self, job: dict[str, Any], why: str) -> None:
+        self.report.skipped[int(job["job_id"])] = why
+        self.total -= int(job["total"]) - int(job["done"])
+        log.warning("job %s skipped: %s", job["job_id"], why)
+        return None
+
+    def _close(self, state: _Job) -> None:
+        self.open.pop(int(state.job["job_id"]), None)
+        self.held.pop(int(state.job["job_id"]), None)
+        state.pending.clear()
+        state.lora_box.clear()  # frees the file's bytes in the object store
+
+    def _finish(self, state: _Job) -> None:
+        job_id = int(state.job["job_id"])
+        try:
+            self.char.finish(state.job, self.subset, self.protocol, state.trigger)
+        except CarlosError as err:
+            self._fail(state, str(err))
+            return
+        self._close(state)
+        self.report.finished.append(job_id)
+        log.info("job %d finished", job_id)
+
+    def _fail(self, state: _Job, why: str) -> None:
+        job_id = int(state.job["job_id"])
+        self.store.set_job_status(job_id, "failed", why)
+        self.report.failed[job_id] = why
+        self.total -= int(state.job["total"]) - state.done
+        self._close(state)
+        log.error("job %d failed: %s", job_id, why)
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def _next_chunk(self, slot: _Slot) -> _Chunk | None:
+        if self.base_pending:
+            return self.base_pending.popleft()
+        state = self.open.get(slot.current_job) if slot.current_job is not None else None
+        while (state is None or not state.pending) and self.waiting:
+            state = self._open(self.waiting.popleft())  # a LoRA of its own for every actor
+        if state is None or not state.pending:  # help the job with the most left
+            state = max((s for s in self.open.values() if s.pending), key=lambda s: len(s.pending), default=None)
+        if state is None:
+            return None
+        slot.current_job = int(state.job["job_id"])
+        return state.pending.popleft()
+
+    def _submit(self, slot: _Slot, chunk: _Chunk) -> None:
+        if chunk.job_id is None:
+            prompts, lora, thumbs = [p.prompt for p in chunk.pairs], None, [True] * len(chunk.pairs)
+        else:
+            state = self.open[chunk.job_id]
+            prompts = [lora_prompt(p.prompt, state.trigger) for p in chunk.pairs]
+            lora = (state.sha256, state.lora_box)
+            thumbs = [p.index < self.config.thumbnails for p in chunk.pairs]
+        ref = slot.actor.features.remote(prompts, [p.seed for p in chunk.pairs], lora, thumbs)
+        self.in_flight[ref] = (slot, chunk)
+        slot.in_flight += 1
+
+    def _fill(self) -> None:
+        for slot in self.slots:
+            while slot.alive and slot.in_flight < self.config.in_flight_per_actor:
+                chunk = self._next_chunk(slot)
+                if chunk is None:
+                    return
+                self._submit(slot, chunk)
+
+    # -- results -------------------------------------------------------------------------------
+    def _requeue(self, chunk: _Chunk, why: str) -> None:
+        chunk.attempts += 1
+        self.report.chunks_requeued += 1
+        if chunk.job_id is None:
+            if chunk.attempts >= self.config.max_chunk_attempts:
+                raise CarlosError(f"base images could not be made: {why}")
+            self.base_pending.appendleft(chunk)
+        elif chunk.job_id in self.open:
+            state = self.open[chunk.job_id]
+            if chunk.attempts >= self.config.max_chunk_attempts:
+                self._fail(state, f"workers kept dying on this LoRA: {why}")
+            else:
+                state.pending.appendleft(chunk)
+
+    def _receive(self, ref: Any) -> None:
+        import ray
+
+        slot, chunk = self.in_flight.pop(ref)
+        slot.in_flight -= 1
+        try:
+            feats, pngs, pid = ray.get(ref)
+        except ray.exceptions.RayTaskError as err:  # the code raised: a bad LoRA, out of memory...
+            if chunk.job_id is None:
+                raise CarlosError(f"base images failed on {slot.desc['where']}: {_why(err)}") from err
+            if chunk.job_id in self.open:
+                self._fail(self.open[chunk.job_id], _why(err))
+            return
+        except ray.exceptions.RayError as err:  # a process died again and again, or for good
+            gone = isinstance(err, ray.exceptions.RayActorError) and not isinstance(
+                err, ray.exceptions.ActorUnavailableError
+            )  # unavailable: restarting, usable again
+            if gone and slot.alive:
+                slot.alive = False
+                log.warning("Ray worker %s lost: %s", slot.desc["where"], _why(err))
+            self._requeue(chunk, _why(err))
+            if not any(s.alive for s in self.slots):
+                raise CarlosError(f"every Ray worker died; last error: {_why(err)}") from err
+            return
+        if slot.pid is not None and pid != slot.pid:
+            self.report.worker_restarts += 1
+            log.warning("Ray worker %s was restarted (pid %s -> %s)", slot.desc["where"], slot.pid, pid)
+        slot.pid = pid
+        items = list(zip(chunk.pairs, feats, pngs))
+        if chunk.job_id is None:
+            self._store_base(items)
+        elif chunk.job_id in self.open:
+            self.report.lora_pairs_computed += len(items)
+            self._store_lora(chunk.job_id, items)
+
+    def _store_base(self, items: list[tuple[Pair, np.ndarray, bytes | None]]) -> None:
+        self.store.put_base_embeddings(self.base_key, [(p.prompt, p.seed, f, png) for p, f, png in items])
+        for p, f, png in items:
+            self.base[(p.prompt, p.seed)] = f
+            if p.index < self.config.thumbnails:
+                self.base_png[p.index] = png
+        self.report.base_pairs_computed += len(items)
+        for job_id in list(self.held):
+            self._store_lora(job_id, self.held.pop(job_id))
+
+    def _store_lora(self, job_id: int, items: list[tuple[Pair, np.ndarray, bytes | None]]) -> None:
+        ready = [it for it in items if (it[0].prompt, it[0].seed) in self.base]
+        if len(ready) < len(items):  # its base images are still being made
+            self.held.setdefault(job_id, []).extend(it for it in items if (it[0].prompt, it[0].seed) not in self.base)
+        if not ready:
+            return
+        rows = [{"pair_index": p.index, "prompt": p.prompt, "category": p.category, "seed": p.seed,
+                 "diff": f.astype(np.float64) - self.base[(p.prompt, p.seed)]} for p, f, _ in ready]  # fmt: skip
+        thumbs = [(p.index, self.base_png.get(p.index), png) for p, _, png in ready if png is not None]
+        with self.store.transaction():
+            n_done = self.store.add_pair_results(job_id, rows)
+            if thumbs:
+                self.store.put_thumbnails(job_id, thumbs)
+        state = self.open[job_id]
+        self.done += n_done - state.done
+        state.done = n_done
+        if self.progress:
+            self.progress(self.done, self.total)
+        if n_done >= int(state.job["total"]):
+            self._finish(state)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        for job_id, state in list(self.open.items()):
+            status = self.store.heartbeat(job_id, self.worker_id)
+            if status != "running":  # cancelled from the dashboard or `jobs --cancel`
+                self.report.skipped[job_id] = status
+                self.total -= int(state.job["total"]) - state.done
+                self._close(state)
+
+    def run(self) -> None:
+        import ray
+
+        if self.progress:
+            self.progress(self.done, self.total)
+        beat = time.monotonic()
+        while True:
+            self._fill()
+            if not self.in_flight:
+                break
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=self.config.heartbeat_s)
+            for ref in ready:
+                self._receive(ref)
+            if time.monotonic() - beat >= self.config.heartbeat_s:
+                self._heartbeat()
+                beat = time.monotonic()
+        assert not self.open and not self.held, "work left with nothing in flight"
+
+    def release(self) -> None:
+        """Give unfinished claimed jobs back to the queue (a rerun or a worker resumes them)."""
+        for job_id, state in list(self.open.items()):
+            self.store.set_job_status(job_id, "queued")
+            self._close(state)
+
+
+def characterize_on_ray(store: Store, job_ids: list[int], *, config: RayConfig | None = None,
+                        progress: Progress | None = None, backend_factory: Callable | None = None,
+                        clip_factory: Callable | None = None) -> RunReport:  # fmt: skip
+    """Run queued jobs (one backend and protocol) on the connected Ray cluster (``ray.init`` first).
+
+    Finished jobs are skipped, stored pairs are not recomputed; stopping at any point (an
+    exception, Ctrl-C, a killed driver) loses only the chunks in flight.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        raise InvalidInputError("connect to Ray first: ray.init() or ray.init(address=...)")
+    config = config or RayConfig()
+    t0 = time.perf_counter()
+    report = RunReport()
+    jobs = []
+    with store.session():  # one connection for the whole list
+        found = [(job_id, store.get_job(job_id)) for job_id in dict.fromkeys(int(j) for j in job_ids)]
+    for job_id, job in found:
+        if job is None:
+            raise InvalidInputError(f"no job {job_id} in {store.path}")
+        if job["status"] in ("finished", "failed", "cancelled"):
+            report.skipped[job_id] = f"already {job['status']}"
+        else:
+            jobs.append(job)
+    kinds = {(j["backend"], j["protocol"]) for j in jobs}
+    if len(kinds) > 1:
+        raise InvalidInputError(f"one backend and protocol per run, got {sorted(kinds)}")
+    if not jobs:
+        return report
+    ((backend, protocol),) = kinds
+    slots = start_actors(config, backend, protocol, backend_factory, clip_factory)
+    report.actors, report.devices = len(slots), [s.desc["where"] for s in slots]
+    driver = None
+    try:
+        driver = _Driver(store, slots, jobs, protocol, config, progress, report)
+        driver.run()
+    finally:
+        if driver is not None:
+            driver.release()
+        stop_actors(slots)
+        report.seconds = time.perf_counter() - t0
+    return report
