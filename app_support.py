@@ -196,6 +196,7 @@ PAGES: list[tuple[str, str, str, str]] = [
     ("pages/map.py", "Map of directions", "🗺️", "map"),
     ("pages/detail.py", "LoRA detail", "🔬", "detail"),
     ("pages/characterize.py", "Characterize an upload", "🧪", "characterize"),
+    ("pages/evaluation.py", "Evaluation", "📈", "evaluation"),
     ("pages/review.py", "Review queue & audit log", "📋", "review"),
 ]
 

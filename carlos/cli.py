@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from carlos.config import CORPUS_EMBEDDER, PAPER_CONSISTENCY_MIN, PAPER_STRENGTH_MAX, Thresholds
-from carlos.config import default_paths
+from carlos.config import CORPUS_EMBEDDER, PAPER_CONSISTENCY_MIN, PAPER_STRENGTH_MAX, Thresholds, default_paths
 from carlos.errors import CarlosError
 
 log = logging.getLogger("carlos")
@@ -215,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", help="DuckDB store (default: data/carlos.duckdb or $CARLOS_DB)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    import carlos.cli_eval  # noqa: F401
     import carlos.cli_more  # noqa: F401  (registers the remaining commands)
+    import carlos.cli_ray  # noqa: F401
 
     for register in _COMMANDS:
         register(sub)
