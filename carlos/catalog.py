@@ -53,6 +53,20 @@ class CorpusView:
         df = annotate(self.frame, RiskPolicy(thresholds=Thresholds(None, None)))
         return [tuple(f) for f in df["flags"]] if len(df) else []
 
+    @functools.cached_property
+    def percentiles(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Strength, Consistency) percentile of every row within this space."""
+        from carlos.risk import percentile_rank
+
+        return (percentile_rank(self.frame["strength"]).to_numpy(),
+                percentile_rank(self.frame["consistency"]).to_numpy())  # fmt: skip
+
+    @functools.cached_property
+    def unit_matrix(self) -> np.ndarray:
+        """Rows of ``matrix`` scaled to unit length (zero rows stay zero): cosine is one matmul."""
+        norms = np.linalg.norm(self.matrix, axis=1, keepdims=True)
+        return np.divide(self.matrix, norms, out=np.zeros_like(self.matrix), where=norms > 1e-12)
+
     def annotated(self, policy: RiskPolicy | None = None) -> pd.DataFrame:
         """Frame with flags, percentiles and risk classes under ``policy``."""
         return annotate(self.frame, policy)
@@ -72,8 +86,9 @@ def load_view(store: Store, embedder: str = CORPUS_EMBEDDER) -> CorpusView:
             return cached
     with store.session():
         frame = store.corpus_frame(embedder)
-        ids, matrix = store.direction_matrix(embedder)
-    if list(frame["lora_id"]) != ids:  # both are ordered by rep_id; guard the invariant
+        # streamed into one preallocated float32 array: peak memory ~ the matrix itself
+        ids, matrix, _, _ = store.load_directions(embedder)
+    if list(frame["lora_id"]) != ids:  # align the frame with the matrix rows
         frame = frame.set_index("lora_id").loc[ids].reset_index()
     if frame.empty and embedder not in store.embedders():
         known = ", ".join(store.embedders()) or "none (run `python -m carlos corpus import`)"

@@ -16,8 +16,6 @@ import pandas as pd
 from carlos.catalog import CorpusView
 from carlos.config import Thresholds
 from carlos.errors import InvalidInputError
-from carlos.representation import cosine_to
-from carlos.risk import percentile_rank
 
 MAX_TOP_K = 1000
 
@@ -109,8 +107,7 @@ def rank(
     if skip:
         candidate &= ~frame["lora_id"].isin(list(skip)).to_numpy()
     candidate &= np.isfinite(scores)
-    s_pct = percentile_rank(frame["strength"]).to_numpy()
-    c_pct = percentile_rank(frame["consistency"]).to_numpy()
+    s_pct, c_pct = view.percentiles
     quality = view.quality_flags
 
     def top(mask: np.ndarray) -> list[int]:
@@ -158,12 +155,28 @@ def rank(
     )
 
 
+def view_cosine(view: CorpusView, direction: np.ndarray) -> np.ndarray:
+    """Cosine of every LoRA of ``view`` with ``direction`` (no copy of the matrix)."""
+    q = np.asarray(direction, dtype=np.float32).ravel()
+    if view.matrix.shape[1:] != q.shape:
+        raise InvalidInputError(
+            f"a {q.shape[0]}-d direction cannot be compared with the {view.embedder} "
+            f"space ({view.matrix.shape[1]}-d): characterize with the matching CLIP model"
+        )
+    if not np.isfinite(q).all():
+        raise InvalidInputError("query direction contains NaN or inf")
+    qn = float(np.linalg.norm(q))
+    if qn <= 1e-12:
+        raise InvalidInputError("query direction is the zero vector: it has no direction to match")
+    return view.unit_matrix @ (q / qn)
+
+
 def similar(
     view: CorpusView, lora_id: str, *, thresholds: Thresholds, top_k: int = 10
 ) -> SearchResult:
     """LoRAs whose Direction is closest (cosine) to ``lora_id``'s: 'behaves like …'."""
     i = view.row_of(lora_id)
-    scores = cosine_to(view.matrix, view.matrix[i])
+    scores = view.unit_matrix @ view.unit_matrix[i]
     return rank(view, scores, retriever="similar", query=lora_id, thresholds=thresholds,
                 top_k=top_k, skip=frozenset({lora_id}))  # fmt: skip
 
@@ -173,12 +186,5 @@ def by_direction(
     retriever: str = "by-direction", query: str = "", skip: frozenset[str] = frozenset(),
 ) -> SearchResult:  # fmt: skip
     """Rank the corpus by cosine to any direction (an upload's, a query's)."""
-    direction = np.asarray(direction, dtype=np.float32).ravel()
-    if view.matrix.shape[1:] != direction.shape:
-        raise InvalidInputError(
-            f"a {direction.shape[0]}-d direction cannot be compared with the {view.embedder} "
-            f"space ({view.matrix.shape[1]}-d): characterize with the matching CLIP model"
-        )
-    scores = cosine_to(view.matrix, direction)
-    return rank(view, scores, retriever=retriever, query=query, thresholds=thresholds,
+    return rank(view, view_cosine(view, direction), retriever=retriever, query=query, thresholds=thresholds,
                 top_k=top_k, skip=skip)  # fmt: skip

@@ -29,7 +29,7 @@ import numpy as np
 from carlos.catalog import CorpusView, load_view
 from carlos.config import CORPUS_EMBEDDER, Thresholds
 from carlos.errors import InvalidInputError, WeightsUnavailableError
-from carlos.ranking import SearchResult, check_top_k, rank
+from carlos.ranking import SearchResult, check_top_k, rank, view_cosine
 from carlos.store import Store
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class SearchService:
         self._prefix: dict[tuple[str, str], Any] = {}
         self._texts: dict[str | None, Any] = {}
         self._bm25: dict[int, Any] = {}
+        self._text_matrices: dict[tuple[int, str, str | None], tuple[np.ndarray, str]] = {}
         self._memo: OrderedDict[str, Any] = OrderedDict()
         self._memo_size = memory_cache_size
         self.stats = {"query_cache_hits": 0, "query_cache_misses": 0}
@@ -198,8 +199,6 @@ class SearchService:
         clip = self.clip(config)
         view = load_view(self.store, clip.embedder_id)
         qd = self.query_direction(q, config)
-        from carlos.representation import cosine_to
-
         notes = []
         if qd.n_truncated:
             notes.append(
@@ -208,7 +207,7 @@ class SearchService:
             )
         if clip.embedder_id != CORPUS_EMBEDDER:
             notes.append(f"space {clip.embedder_id}: a test/demo CLIP, scores are not meaningful")
-        return rank(view, cosine_to(view.matrix, qd.direction), retriever="carlos", query=q,
+        return rank(view, view_cosine(view, qd.direction), retriever="carlos", query=q,
                     thresholds=config.thresholds, top_k=config.top_k, notes=notes,
                     info={"embedder": clip.embedder_id, "n_prompts": qd.n_prompts,
                           "n_truncated": qd.n_truncated, "query_tokens": qd.query_tokens})  # fmt: skip
@@ -239,7 +238,18 @@ class SearchService:
             return self._texts[model]
 
     def text_matrix(self, view: CorpusView, model: str | None) -> tuple[np.ndarray, str]:
-        """Embeddings of every LoRA's text, computed once and stored."""
+        """Embeddings of every LoRA's text, computed once and stored (and kept in memory
+        for the current corpus version)."""
+        key = (view.data_version, view.embedder, model)
+        with self._lock:
+            if key in self._text_matrices:
+                return self._text_matrices[key]
+        result = self._text_matrix(view, model)
+        with self._lock:
+            self._text_matrices = {key: result}
+        return result
+
+    def _text_matrix(self, view: CorpusView, model: str | None) -> tuple[np.ndarray, str]:
         emb = self.text_embedder(model)
         docs = self._documents(view)
         hashes = [hashlib.sha256(d.encode("utf-8")).hexdigest()[:16] for d in docs]
@@ -285,9 +295,7 @@ class SearchService:
                                 thresholds=config.thresholds, top_k=config.top_k),
                            notes=[f"no LoRA name or description matches {q!r}, so there is no "
                                   "seed to form a behaviour direction from"])  # fmt: skip
-        from carlos.representation import cosine_to
-
-        return rank(view, cosine_to(view.matrix, seeds.direction), retriever="behaviour", query=q,
+        return rank(view, view_cosine(view, seeds.direction), retriever="behaviour", query=q,
                     thresholds=config.thresholds, top_k=config.top_k, notes=notes,
                     info={"seeds": seeds.used, "trimmed": seeds.trimmed,
                           "seed_weights": seeds.weights})  # fmt: skip

@@ -84,6 +84,7 @@ class Store(ReviewSQL, JobsSQL):
 
         with self._file_lock():
             con = duckdb.connect(str(self.path))
+            con.execute("SET enable_progress_bar = false")  # it would draw on stdout (--json output)
             self._local.con = con
             try:
                 yield con
