@@ -92,9 +92,9 @@ def _flags(row: Any) -> list[str]:
         flags.append("too unstable")
     if row.duplicate_values:
         flags.append("identical values to other LoRAs (possible degenerate generation)")
-    if getattr(row, "model_id", None) is None or pd.isna(getattr(row, "model_id", None)):
-        if getattr(row, "source", "") != "upload":
-            flags.append("missing creator metadata")
+    model_id = getattr(row, "model_id", None)
+    if (model_id is None or pd.isna(model_id)) and getattr(row, "source", "") != "upload":
+        flags.append("missing creator metadata")
     return flags
 
 

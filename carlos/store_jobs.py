@@ -176,7 +176,7 @@ class JobsSQL:
             con.executemany(
                 "INSERT INTO thumbnails (job_id, pair_index, base_png, lora_png) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING",
-                [[int(job_id), int(i), b, l] for i, b, l in rows],
+                [[int(job_id), int(i), base, lora] for i, base, lora in rows],
             )
 
     def thumbnails(self, job_id: int) -> pd.DataFrame:

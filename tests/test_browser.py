@@ -41,7 +41,7 @@ def server(real_store_path: Path, tmp_path_factory: pytest.TempPathFactory):
     shutil.copy(real_store_path, db)
     port = _free_port()
     env = {**os.environ, "CARLOS_DB": str(db), "PORT": str(port), "CARLOS_REVIEWER": "browser-test"}
-    log = open(db.parent / "server.log", "w")
+    log = open(db.parent / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
     proc = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=REPO_ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
