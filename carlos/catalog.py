@@ -76,9 +76,10 @@ _cache: dict[tuple[str, str], CorpusView] = {}
 _lock = threading.Lock()
 
 
-def load_view(store: Store, embedder: str = CORPUS_EMBEDDER) -> CorpusView:
-    """The current view of ``embedder`` space, rebuilt only when the store changed."""
-    version = store.data_version()
+def load_view(store: Store, embedder: str = CORPUS_EMBEDDER, *, max_age_s: float = 0.0) -> CorpusView:
+    """The current view of ``embedder`` space, rebuilt only when the store changed
+    (``max_age_s``: see :meth:`Store.data_version`)."""
+    version = store.data_version(max_age_s)
     key = (str(store.path.resolve()), embedder)
     with _lock:
         cached = _cache.get(key)

@@ -93,8 +93,10 @@ class SearchService:
         clip_loader: Callable[[str, str | None], Any] | None = None,
         text_embedder_factory: Callable[[str | None], Any] | None = None,
         memory_cache_size: int = 256,
+        view_max_age_s: float = 0.5,
     ) -> None:
         self.store = store
+        self.view_max_age_s = view_max_age_s  # other processes' corpus writes show within this
         self._clip_loader = clip_loader or _default_clip_loader
         self._text_factory = text_embedder_factory or _default_text_embedder
         self._lock = threading.RLock()
@@ -131,7 +133,7 @@ class SearchService:
         q = normalize_query(query)
         if config.retriever == "carlos":
             return self._search_carlos(q, config)
-        view = load_view(self.store, CORPUS_EMBEDDER)
+        view = load_view(self.store, CORPUS_EMBEDDER, max_age_s=self.view_max_age_s)
         if config.retriever == "bm25":
             scores = self.bm25_scores(view, q)
             return rank(view, scores, retriever="bm25", query=q, thresholds=config.thresholds,
@@ -197,7 +199,7 @@ class SearchService:
 
     def _search_carlos(self, q: str, config: SearchConfig) -> SearchResult:
         clip = self.clip(config)
-        view = load_view(self.store, clip.embedder_id)
+        view = load_view(self.store, clip.embedder_id, max_age_s=self.view_max_age_s)
         qd = self.query_direction(q, config)
         notes = []
         if qd.n_truncated:

@@ -125,3 +125,14 @@ def test_lock_timeout_is_a_clear_error(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     assert Store(path).table_counts()["loras"] == 0  # usable again once released
+
+
+def test_data_version_memo_sees_own_writes_and_others_after_max_age(tmp_path: Path) -> None:
+    path = tmp_path / "v.duckdb"
+    a, b = Store.open(path), Store.open(path)
+    v0 = a.data_version(max_age_s=60)
+    a.upsert_loras([{"lora_id": "x", "source": "t"}])
+    assert a.data_version(max_age_s=60) == v0 + 1  # own write: seen at once
+    b.upsert_loras([{"lora_id": "y", "source": "t"}])
+    assert a.data_version(max_age_s=60) == v0 + 1  # another writer: within max_age, the memo answers
+    assert a.data_version() == v0 + 2  # max_age 0 always reads the store
