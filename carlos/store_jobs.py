@@ -187,3 +187,41 @@ class JobsSQL:
                 "ORDER BY t.pair_index",
                 [int(job_id)],
             ).df()
+
+    # -- characterization details for the dashboard --------------------------------------------
+    def pair_results_for_lora(self, lora_id: str, job_id: int | None = None) -> Any:
+        """Per-pair results of one LoRA's local characterization: job_id, pair_index, prompt,
+        category, seed and ``norm`` (L2 norm of the pair's CLIP-diff, whose mean is Strength).
+        From ``job_id`` or else the LoRA's latest job with results; an empty frame for corpus
+        LoRAs (characterized by the authors, no per-pair data)."""
+        with self.session() as con:
+            return con.execute(
+                """
+                SELECT p.job_id, p.pair_index, p.prompt, p.category, p.seed,
+                       sqrt(list_dot_product(p.diff, p.diff)) AS norm
+                FROM pair_results p JOIN jobs j ON j.job_id = p.job_id
+                WHERE j.lora_id = ? AND p.job_id = coalesce(?, (
+                    SELECT max(p2.job_id) FROM pair_results p2 JOIN jobs j2 ON j2.job_id = p2.job_id
+                    WHERE j2.lora_id = ?))
+                ORDER BY p.pair_index
+                """,
+                [lora_id, job_id, lora_id],
+            ).df()
+
+    def thumbnails_for_lora(self, lora_id: str, job_id: int | None = None, limit: int = 24) -> Any:
+        """Base/LoRA image pairs (PNG bytes) of one LoRA: job_id, pair_index, prompt, category,
+        seed, base_png, lora_png; from ``job_id`` or the latest job with thumbnails, at most
+        ``limit`` rows; empty for corpus LoRAs."""
+        with self.session() as con:
+            return con.execute(
+                """
+                SELECT t.job_id, t.pair_index, p.prompt, p.category, p.seed, t.base_png, t.lora_png
+                FROM thumbnails t JOIN jobs j ON j.job_id = t.job_id
+                LEFT JOIN pair_results p ON p.job_id = t.job_id AND p.pair_index = t.pair_index
+                WHERE j.lora_id = ? AND t.job_id = coalesce(?, (
+                    SELECT max(t2.job_id) FROM thumbnails t2 JOIN jobs j2 ON j2.job_id = t2.job_id
+                    WHERE j2.lora_id = ?))
+                ORDER BY t.pair_index LIMIT ?
+                """,
+                [lora_id, job_id, lora_id, int(limit)],
+            ).df()
