@@ -95,3 +95,30 @@ def test_every_page_renders_without_errors(server: str) -> None:
             assert "Traceback" not in text, f"{path} shows a traceback"
             assert len(text.strip()) > 40, f"{path} rendered almost nothing: {text!r}"
         browser.close()
+
+
+def test_upload_is_validated_characterized_and_shown(server: str, tmp_path: Path) -> None:
+    """The Characterize page end to end in a browser: upload a tiny LoRA, read the validation
+    report, enqueue, and watch the dashboard's worker finish the job."""
+    from playwright.sync_api import sync_playwright
+
+    from carlos.testing_lora import make_test_lora
+
+    lora = make_test_lora(tmp_path / "browser-demo.safetensors", seed=21)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(f"{server}/characterize", wait_until="networkidle", timeout=120_000)
+        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
+        page.locator('input[type="file"]').set_input_files(str(lora))
+        page.get_by_text("Validation report").wait_for(timeout=120_000)
+        page.get_by_text("LoRA for SDXL").first.wait_for(timeout=60_000)
+        page.get_by_role("button", name="Enqueue characterization").click()
+        page.get_by_text("finished").first.wait_for(timeout=300_000)
+        page.get_by_text("Strength").first.wait_for(timeout=30_000)
+        time.sleep(1.0)
+        page.screenshot(path=str(SHOTS / "characterize-finished.png"), full_page=True)
+        errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+        assert errors.count() == 0, errors.first.inner_text()[:500]
+        browser.close()
