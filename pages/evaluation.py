@@ -7,8 +7,15 @@ import streamlit as st
 
 from app_support import explained, get_store, page_setup, require_corpus, search_service, threshold_sidebar
 from carlos.evaluation import (
-    METRIC_LABELS, METRICS, EvalConfig, diversity_figure, evaluate, evaluation_frame, load_queries,
-    relevance_figure, relevance_frame,
+    METRIC_LABELS,
+    METRICS,
+    EvalConfig,
+    diversity_figure,
+    evaluate,
+    evaluation_frame,
+    load_queries,
+    relevance_figure,
+    relevance_frame,
 )  # fmt: skip
 from carlos.retrieval import LABELS
 
