@@ -43,4 +43,4 @@ lint: setup
 	$(PY) -m ruff check carlos tests pages streamlit_app.py
 
 clean-store:
-	rm -f $(STORE) $(STORE).wal $(STORE).lock
+	rm -f $(STORE) $(STORE).wal $(STORE).lock $(STORE).version

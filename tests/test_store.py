@@ -127,12 +127,27 @@ def test_lock_timeout_is_a_clear_error(tmp_path: Path) -> None:
     assert Store(path).table_counts()["loras"] == 0  # usable again once released
 
 
-def test_data_version_memo_sees_own_writes_and_others_after_max_age(tmp_path: Path) -> None:
+def test_data_version_is_exact_across_stores_and_reads_the_database_only_after_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "v.duckdb"
     a, b = Store.open(path), Store.open(path)
-    v0 = a.data_version(max_age_s=60)
+    v0 = a.data_version()
     a.upsert_loras([{"lora_id": "x", "source": "t"}])
-    assert a.data_version(max_age_s=60) == v0 + 1  # own write: seen at once
+    assert a.data_version() == v0 + 1  # own write
     b.upsert_loras([{"lora_id": "y", "source": "t"}])
-    assert a.data_version(max_age_s=60) == v0 + 1  # another writer: within max_age, the memo answers
-    assert a.data_version() == v0 + 2  # max_age 0 always reads the store
+    assert a.data_version() == v0 + 2  # another writer's, seen at once
+    opened = []
+    real_session = Store.session
+    monkeypatch.setattr(Store, "session", lambda self: opened.append(1) or real_session(self))
+    assert [a.data_version() for _ in range(5)] == [v0 + 2] * 5
+    assert opened == []  # nothing changed: answered from the stamp file, no connection
+    b.upsert_loras([{"lora_id": "z", "source": "t"}])
+    opened.clear()
+    assert a.data_version() == v0 + 3 and len(opened) == 1
+    a.stamp_path.unlink()  # a store from before stamps: every call reads the database
+    assert a.data_version() == v0 + 3 and len(opened) == 2
+    with pytest.raises(RuntimeError), a.transaction():  # a rolled-back write leaves the version
+        a.upsert_loras([{"lora_id": "w", "source": "t"}])
+        raise RuntimeError("abort")
+    assert a.data_version() == b.data_version() == v0 + 3
