@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from carlos.config import CORPUS_EMBEDDER, Thresholds
+from carlos.config import CORPUS_EMBEDDER
 from carlos.errors import InvalidInputError, NotFoundError
-from carlos.risk import RiskPolicy, annotate
+from carlos.index import DirectionIndex
+from carlos.risk import QUALITY_FLAGS, RiskPolicy, annotate, quality_masks
 from carlos.store import Store
 
 
@@ -27,10 +28,10 @@ class CorpusView:
     frame: pd.DataFrame  # one row per LoRA (see Store.corpus_frame)
     matrix: np.ndarray  # (n, dim) float32 directions, same order as frame
     data_version: int
-    _index: dict[str, int] = field(repr=False, default_factory=dict)
+    _rows: dict[str, int] = field(repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._index.update({lid: i for i, lid in enumerate(self.frame["lora_id"])})
+        self._rows.update({lid: i for i, lid in enumerate(self.frame["lora_id"])})
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -39,19 +40,25 @@ class CorpusView:
     def ids(self) -> list[str]:
         return list(self.frame["lora_id"])
 
+    def find(self, lora_id: str) -> int | None:
+        """Row of ``lora_id``, or None when it has no representation in this space."""
+        return self._rows.get(lora_id)
+
     def row_of(self, lora_id: str) -> int:
         try:
-            return self._index[lora_id]
+            return self._rows[lora_id]
         except KeyError:
             raise NotFoundError(
                 f"{lora_id} has no representation in the {self.embedder} space"
             ) from None
 
     @functools.cached_property
-    def quality_flags(self) -> list[tuple[str, ...]]:
-        """Data-quality flags per row (threshold-independent)."""
-        df = annotate(self.frame, RiskPolicy(thresholds=Thresholds(None, None)))
-        return [tuple(f) for f in df["flags"]] if len(df) else []
+    def _quality(self) -> dict[str, np.ndarray]:
+        return quality_masks(self.frame)
+
+    def quality_flags_of(self, row: int) -> tuple[str, ...]:
+        """Data-quality flags of one row (threshold-independent); built per hit, not per LoRA."""
+        return tuple(label for key, label in QUALITY_FLAGS.items() if self._quality[key][row])
 
     @functools.cached_property
     def percentiles(self) -> tuple[np.ndarray, np.ndarray]:
@@ -62,10 +69,16 @@ class CorpusView:
                 percentile_rank(self.frame["consistency"]).to_numpy())  # fmt: skip
 
     @functools.cached_property
-    def unit_matrix(self) -> np.ndarray:
-        """Rows of ``matrix`` scaled to unit length (zero rows stay zero): cosine is one matmul."""
-        norms = np.linalg.norm(self.matrix, axis=1, keepdims=True)
-        return np.divide(self.matrix, norms, out=np.zeros_like(self.matrix), where=norms > 1e-12)
+    def values(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Strength, Consistency) as float64 arrays, rows aligned with ``matrix``."""
+        return (self.frame["strength"].to_numpy(dtype=np.float64),
+                self.frame["consistency"].to_numpy(dtype=np.float64))  # fmt: skip
+
+    @functools.cached_property
+    def index(self) -> DirectionIndex:
+        """Exact filtered top-k over ``matrix`` (int8 first pass from 20k LoRAs on); built once per view."""
+        strength, consistency = self.values
+        return DirectionIndex(np.ascontiguousarray(self.matrix, dtype=np.float32), strength, consistency)
 
     def annotated(self, policy: RiskPolicy | None = None) -> pd.DataFrame:
         """Frame with flags, percentiles and risk classes under ``policy``."""
@@ -76,10 +89,10 @@ _cache: dict[tuple[str, str], CorpusView] = {}
 _lock = threading.Lock()
 
 
-def load_view(store: Store, embedder: str = CORPUS_EMBEDDER, *, max_age_s: float = 0.0) -> CorpusView:
+def load_view(store: Store, embedder: str = CORPUS_EMBEDDER) -> CorpusView:
     """The current view of ``embedder`` space, rebuilt only when the store changed
-    (``max_age_s``: see :meth:`Store.data_version`)."""
-    version = store.data_version(max_age_s)
+    (checking costs one small file read, see :meth:`Store.data_version`)."""
+    version = store.data_version()
     key = (str(store.path.resolve()), embedder)
     with _lock:
         cached = _cache.get(key)

@@ -147,7 +147,7 @@ def _bench_scale(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     cmd = f"python -m carlos bench scale --sizes {args.sizes} --queries {args.queries}"
-    if args.library_max != 100_000:
+    if args.library_max != 1_000_000:
         cmd += f" --library-max {args.library_max}"
     return _finish(args, "scale", result, scale_bench_text(result), scale_bench_markdown(result, cmd))
 
@@ -200,7 +200,7 @@ def _register_bench(sub: Any) -> None:
     s.add_argument("--umap-min", type=int, default=100_000, help="run UMAP from this size on")
     s.add_argument("--umap-max", type=int, default=1_000_000, help="and up to this size")
     s.add_argument("--umap-sample", type=int, default=20_000, help="points UMAP is fitted on")
-    s.add_argument("--library-max", type=int, default=100_000,
+    s.add_argument("--library-max", type=int, default=1_000_000,
                    help="also time load_view + ranking.by_direction up to this size")  # fmt: skip
     s.add_argument("--workdir", help="where the synthetic stores go (default: a temporary folder)")
     s.add_argument("--keep", action="store_true", help="keep the synthetic stores")

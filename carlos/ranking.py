@@ -78,6 +78,64 @@ def check_top_k(top_k: int) -> int:
     return int(top_k)
 
 
+def _masks(view: CorpusView, thresholds: Thresholds, skip: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(passes the thresholds, may be ranked at all) per row of ``view``."""
+    strength, consistency = view.values
+    keep = np.ones(len(view), dtype=bool)
+    if thresholds.strength_max is not None:
+        keep &= strength <= thresholds.strength_max
+    if thresholds.consistency_min is not None:
+        keep &= consistency >= thresholds.consistency_min
+    candidate = np.ones(len(view), dtype=bool)
+    for lid in skip:
+        if (i := view.find(lid)) is not None:
+            candidate[i] = False
+    return keep, candidate
+
+
+def _top(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` best ``scores`` within ``mask``, best first; ties keep corpus order."""
+    idx = np.flatnonzero(mask)
+    if idx.size > k:  # partial selection first: a million scores need not be sorted for ten
+        vals = scores[idx]
+        kth = vals[np.argpartition(-vals, k - 1)[:k]].min()
+        idx = idx[vals >= kth]  # ties at the k-th score stay; the sort settles them
+    return idx[np.lexsort((idx, -scores[idx]))][:k]
+
+
+def _result(view: CorpusView, *, retriever: str, query: str, thresholds: Thresholds,
+            hits: tuple[np.ndarray, np.ndarray], excluded: tuple[np.ndarray, np.ndarray],
+            n_candidates: int, n_excluded: int, notes: list[str] | None,
+            info: dict[str, Any] | None) -> SearchResult:  # fmt: skip
+    strength, consistency = view.values
+    s_pct, c_pct = view.percentiles
+    ids, names = view.frame["lora_id"], view.frame["name"]
+    versions = view.frame.get("version_id")
+
+    def hit(i: int, score: float, r: int, reasons: tuple[str, ...]) -> SearchHit:
+        vid = None if versions is None else versions.iat[i]
+        return SearchHit(
+            rank=r, lora_id=str(ids.iat[i]), name=str(names.iat[i]), score=float(score),
+            strength=float(strength[i]), consistency=float(consistency[i]),
+            strength_pct=float(s_pct[i]), consistency_pct=float(c_pct[i]),
+            flags=reasons + view.quality_flags_of(i), retriever=retriever,
+            version_id=None if vid is None or pd.isna(vid) else int(vid), excluded_because=reasons,
+        )  # fmt: skip
+
+    return SearchResult(
+        retriever=retriever,
+        query=query,
+        hits=[hit(int(i), s, r + 1, ()) for r, (i, s) in enumerate(zip(*hits))],
+        excluded=[hit(int(i), s, r + 1, tuple(thresholds.exclusion_reasons(strength[i], consistency[i])))
+                  for r, (i, s) in enumerate(zip(*excluded))],  # fmt: skip
+        n_candidates=n_candidates,
+        n_excluded=n_excluded,
+        thresholds=thresholds,
+        notes=list(notes or []),
+        info=dict(info or {}),
+    )
+
+
 def rank(
     view: CorpusView,
     scores: np.ndarray,
@@ -90,73 +148,22 @@ def rank(
     notes: list[str] | None = None,
     info: dict[str, Any] | None = None,
 ) -> SearchResult:
-    """Filter by thresholds, drop ``skip`` ids, and take the top ``top_k`` by score."""
+    """Filter by thresholds, drop ``skip`` ids, and take the top ``top_k`` by score
+    (for retrievers that score every LoRA; direction retrievers use :func:`rank_direction`)."""
     top_k = check_top_k(top_k)
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(view),):
         raise InvalidInputError(f"expected {len(view)} scores, got shape {scores.shape}")
-    frame = view.frame
-    strength = frame["strength"].to_numpy()
-    consistency = frame["consistency"].to_numpy()
-    keep = np.ones(len(view), dtype=bool)
-    if thresholds.strength_max is not None:
-        keep &= strength <= thresholds.strength_max
-    if thresholds.consistency_min is not None:
-        keep &= consistency >= thresholds.consistency_min
-    candidate = np.ones(len(view), dtype=bool)
-    if skip:
-        candidate &= ~frame["lora_id"].isin(list(skip)).to_numpy()
+    keep, candidate = _masks(view, thresholds, skip)
     candidate &= np.isfinite(scores)
-    s_pct, c_pct = view.percentiles
-    quality = view.quality_flags
-
-    def top(mask: np.ndarray) -> list[int]:
-        idx = np.flatnonzero(mask)
-        if idx.size == 0:
-            return []
-        # stable: ties keep corpus order
-        order = idx[np.argsort(-scores[idx], kind="stable")]
-        return order[:top_k].tolist()
-
-    def hit(i: int, r: int, reasons: tuple[str, ...]) -> SearchHit:
-        row = frame.iloc[i]
-        flags = list(reasons) + list(quality[i])
-        vid = row.get("version_id")
-        return SearchHit(
-            rank=r,
-            lora_id=str(row["lora_id"]),
-            name=str(row["name"]),
-            score=float(scores[i]),
-            strength=float(strength[i]),
-            consistency=float(consistency[i]),
-            strength_pct=float(s_pct[i]),
-            consistency_pct=float(c_pct[i]),
-            flags=tuple(flags),
-            retriever=retriever,
-            version_id=None if pd.isna(vid) else int(vid),
-            excluded_because=reasons,
-        )
-
-    hits = [hit(i, r + 1, ()) for r, i in enumerate(top(candidate & keep))]
-    excluded = [
-        hit(i, r + 1, tuple(thresholds.exclusion_reasons(strength[i], consistency[i])))
-        for r, i in enumerate(top(candidate & ~keep))
-    ]
-    return SearchResult(
-        retriever=retriever,
-        query=query,
-        hits=hits,
-        excluded=excluded,
-        n_candidates=int(candidate.sum()),
-        n_excluded=int((candidate & ~keep).sum()),
-        thresholds=thresholds,
-        notes=list(notes or []),
-        info=dict(info or {}),
-    )
+    hits, excl = _top(scores, candidate & keep, top_k), _top(scores, candidate & ~keep, top_k)
+    return _result(view, retriever=retriever, query=query, thresholds=thresholds,
+                   hits=(hits, scores[hits]), excluded=(excl, scores[excl]),
+                   n_candidates=int(candidate.sum()), n_excluded=int((candidate & ~keep).sum()),
+                   notes=notes, info=info)  # fmt: skip
 
 
-def view_cosine(view: CorpusView, direction: np.ndarray) -> np.ndarray:
-    """Cosine of every LoRA of ``view`` with ``direction`` (no copy of the matrix)."""
+def _checked_direction(view: CorpusView, direction: np.ndarray) -> np.ndarray:
     q = np.asarray(direction, dtype=np.float32).ravel()
     if view.matrix.shape[1:] != q.shape:
         raise InvalidInputError(
@@ -165,10 +172,39 @@ def view_cosine(view: CorpusView, direction: np.ndarray) -> np.ndarray:
         )
     if not np.isfinite(q).all():
         raise InvalidInputError("query direction contains NaN or inf")
-    qn = float(np.linalg.norm(q))
-    if qn <= 1e-12:
+    if float(np.linalg.norm(q)) <= 1e-12:
         raise InvalidInputError("query direction is the zero vector: it has no direction to match")
-    return view.unit_matrix @ (q / qn)
+    return q
+
+
+def rank_direction(
+    view: CorpusView, direction: np.ndarray, *, retriever: str, query: str, thresholds: Thresholds,
+    top_k: int, skip: frozenset[str] = frozenset(), notes: list[str] | None = None,
+    info: dict[str, Any] | None = None,
+) -> SearchResult:  # fmt: skip
+    """:func:`rank` by cosine to ``direction``, through the view's exact top-k index: the
+    same answer as scoring every LoRA, without sorting (or, at scale, scanning in float32) all of them."""
+    top_k = check_top_k(top_k)
+    q = _checked_direction(view, direction)
+    keep, candidate = _masks(view, thresholds, skip)
+    if len(view) == 0:
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0))
+        hits = excl = empty
+    else:
+        (h_rows, h_scores, _), (e_rows, e_scores, _) = view.index.search_masks(
+            q, top_k, [candidate & keep, candidate & ~keep])
+        hits, excl = (h_rows, h_scores), (e_rows, e_scores)
+    return _result(view, retriever=retriever, query=query, thresholds=thresholds, hits=hits, excluded=excl,
+                   n_candidates=int(candidate.sum()), n_excluded=int((candidate & ~keep).sum()),
+                   notes=notes, info=info)  # fmt: skip
+
+
+def view_cosine(view: CorpusView, direction: np.ndarray) -> np.ndarray:
+    """Cosine of every LoRA of ``view`` with ``direction`` (maps and plots; ranking uses the index)."""
+    q = _checked_direction(view, direction)
+    if len(view) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return view.index.cosines(q)
 
 
 def similar(
@@ -176,9 +212,8 @@ def similar(
 ) -> SearchResult:
     """LoRAs whose Direction is closest (cosine) to ``lora_id``'s: 'behaves like …'."""
     i = view.row_of(lora_id)
-    scores = view.unit_matrix @ view.unit_matrix[i]
-    return rank(view, scores, retriever="similar", query=lora_id, thresholds=thresholds,
-                top_k=top_k, skip=frozenset({lora_id}))  # fmt: skip
+    return rank_direction(view, view.matrix[i], retriever="similar", query=lora_id, thresholds=thresholds,
+                          top_k=top_k, skip=frozenset({lora_id}))  # fmt: skip
 
 
 def by_direction(
@@ -186,5 +221,5 @@ def by_direction(
     retriever: str = "by-direction", query: str = "", skip: frozenset[str] = frozenset(),
 ) -> SearchResult:  # fmt: skip
     """Rank the corpus by cosine to any direction (an upload's, a query's)."""
-    return rank(view, view_cosine(view, direction), retriever=retriever, query=query, thresholds=thresholds,
-                top_k=top_k, skip=skip)  # fmt: skip
+    return rank_direction(view, direction, retriever=retriever, query=query, thresholds=thresholds,
+                          top_k=top_k, skip=skip)  # fmt: skip

@@ -29,7 +29,7 @@ import numpy as np
 from carlos.catalog import CorpusView, load_view
 from carlos.config import CORPUS_EMBEDDER, Thresholds
 from carlos.errors import InvalidInputError, WeightsUnavailableError
-from carlos.ranking import SearchResult, check_top_k, rank, view_cosine
+from carlos.ranking import SearchResult, check_top_k, rank, rank_direction
 from carlos.store import Store
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,8 @@ class SearchService:
         clip_loader: Callable[[str, str | None], Any] | None = None,
         text_embedder_factory: Callable[[str | None], Any] | None = None,
         memory_cache_size: int = 256,
-        view_max_age_s: float = 0.5,
     ) -> None:
         self.store = store
-        self.view_max_age_s = view_max_age_s  # other processes' corpus writes show within this
         self._clip_loader = clip_loader or _default_clip_loader
         self._text_factory = text_embedder_factory or _default_text_embedder
         self._lock = threading.RLock()
@@ -133,7 +131,7 @@ class SearchService:
         q = normalize_query(query)
         if config.retriever == "carlos":
             return self._search_carlos(q, config)
-        view = load_view(self.store, CORPUS_EMBEDDER, max_age_s=self.view_max_age_s)
+        view = load_view(self.store, CORPUS_EMBEDDER)
         if config.retriever == "bm25":
             scores = self.bm25_scores(view, q)
             return rank(view, scores, retriever="bm25", query=q, thresholds=config.thresholds,
@@ -199,7 +197,7 @@ class SearchService:
 
     def _search_carlos(self, q: str, config: SearchConfig) -> SearchResult:
         clip = self.clip(config)
-        view = load_view(self.store, clip.embedder_id, max_age_s=self.view_max_age_s)
+        view = load_view(self.store, clip.embedder_id)
         qd = self.query_direction(q, config)
         notes = []
         if qd.n_truncated:
@@ -209,10 +207,10 @@ class SearchService:
             )
         if clip.embedder_id != CORPUS_EMBEDDER:
             notes.append(f"space {clip.embedder_id}: a test/demo CLIP, scores are not meaningful")
-        return rank(view, view_cosine(view, qd.direction), retriever="carlos", query=q,
-                    thresholds=config.thresholds, top_k=config.top_k, notes=notes,
-                    info={"embedder": clip.embedder_id, "n_prompts": qd.n_prompts,
-                          "n_truncated": qd.n_truncated, "query_tokens": qd.query_tokens})  # fmt: skip
+        return rank_direction(view, qd.direction, retriever="carlos", query=q,
+                              thresholds=config.thresholds, top_k=config.top_k, notes=notes,
+                              info={"embedder": clip.embedder_id, "n_prompts": qd.n_prompts,
+                                    "n_truncated": qd.n_truncated, "query_tokens": qd.query_tokens})  # fmt: skip
 
     # -- textual -------------------------------------------------------------------------------
     def _documents(self, view: CorpusView) -> list[str]:
@@ -297,10 +295,10 @@ class SearchService:
                                 thresholds=config.thresholds, top_k=config.top_k),
                            notes=[f"no LoRA name or description matches {q!r}, so there is no "
                                   "seed to form a behaviour direction from"])  # fmt: skip
-        return rank(view, view_cosine(view, seeds.direction), retriever="behaviour", query=q,
-                    thresholds=config.thresholds, top_k=config.top_k, notes=notes,
-                    info={"seeds": seeds.used, "trimmed": seeds.trimmed,
-                          "seed_weights": seeds.weights})  # fmt: skip
+        return rank_direction(view, seeds.direction, retriever="behaviour", query=q,
+                              thresholds=config.thresholds, top_k=config.top_k, notes=notes,
+                              info={"seeds": seeds.used, "trimmed": seeds.trimmed,
+                                    "seed_weights": seeds.weights})  # fmt: skip
 
 
 def _default_clip_loader(name: str, checkpoint: str | None) -> Any:

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from carlos.bench import update_readme
-from carlos.bench_index import CorpusModel, DirectionIndex, _fbgemm_available, corpus_statistics, same_top_k
 from carlos.cli import main
 from carlos.config import Thresholds
 from carlos.errors import InvalidInputError
+from carlos.index import DirectionIndex, _fbgemm_available, same_top_k
 from carlos.store import Store
+from carlos.synthetic import CorpusModel, corpus_statistics
 
 
 def _run_json(capsys: pytest.CaptureFixture, argv: list[str]) -> dict:
@@ -30,8 +31,10 @@ def test_index_top_k_equals_float32_brute_force_with_filters() -> None:
     m = (base + 0.7 * rng.standard_normal((n, d))).astype(np.float32)  # correlated, many near ties
     m[7] = 0.0  # a zero direction scores 0, never NaN
     strength, consistency = rng.uniform(1, 11, n), rng.uniform(0, 0.5, n)
-    index = DirectionIndex(m, strength, consistency, block_rows=1024)
+    index = DirectionIndex(m, strength, consistency, block_rows=1024,
+                           kernel="int8" if _fbgemm_available() else "float32")  # fmt: skip
     assert index.kernel == ("int8-fbgemm+exact-rerank" if _fbgemm_available() else "float32-scan")
+    assert DirectionIndex(m, strength, consistency).kernel == "float32-scan"  # small: no codes needed
     t = Thresholds(strength_max=9.8, consistency_min=0.041)
     for q in rng.standard_normal((15, d)).astype(np.float32):
         rows, scores, stats = index.search(q, 10, t)

@@ -1,11 +1,7 @@
-"""Synthetic corpora shaped like the real one, and a top-k index that stays fast at 1M LoRAs.
+"""Exact filtered top-k by cosine that stays fast at a million LoRAs.
 
-:class:`CorpusModel` fits the 740 released directions with a low-rank + diagonal
-Gaussian over *unit* directions (mean, top principal components, per-dimension
-residual) and resamples real (Strength, Consistency, norm ratio) triples with a
-small multiplicative jitter. The norm ratio matters: in the real corpus
-``||Direction||`` tracks ``Strength * sqrt(Consistency)`` (r > 0.95), because a
-mean of diffs is long only when the diffs are long *and* agree.
+Every search of the product ends here (through :attr:`carlos.catalog.CorpusView.index`),
+and so does the scale benchmark: what it measures is what the dashboard runs.
 
 :class:`DirectionIndex` answers "top k by cosine, with Strength/Consistency
 filters" exactly, in two stages. Stage 1 scores every row against int8 codes of
@@ -14,14 +10,14 @@ which is what bounds a 1M x 512 scan on a small machine). Every code row carries
 a rigorous bound on its error, so stage 2 recomputes in float32 only the rows
 whose upper bound reaches the k-th best lower bound; the answer is the float32
 answer (``exact_search`` is the brute-force reference the tests compare with).
-Without the fbgemm kernel it falls back to the float32 scan.
+Small corpora, and machines without the fbgemm kernel, use the float32 scan.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,94 +32,8 @@ log = logging.getLogger(__name__)
 #: Rows per block when quantizing, packing and scoring (bounds temporary memory).
 BLOCK_ROWS = 65_536
 _QUANT_ROWS = 4_096
-
-
-# ------------------------------------------------------------------------------ synthetic corpora
-@dataclass(frozen=True)
-class CorpusModel:
-    """Low-rank + diagonal Gaussian of unit directions and resampled value triples."""
-
-    mean: np.ndarray  # (d,) mean unit direction
-    components: np.ndarray  # (r, d) orthonormal principal axes of the centred unit directions
-    sdev: np.ndarray  # (r,) standard deviation along each axis
-    resid_sdev: np.ndarray  # (d,) per-dimension std of what the axes leave
-    triples: np.ndarray  # (n_real, 3): strength, consistency, ||direction|| / (str * sqrt(cons))
-    jitter: float = 0.05  # log-normal sigma applied to resampled strength and consistency
-
-    @property
-    def dim(self) -> int:
-        return int(self.mean.shape[0])
-
-    @classmethod
-    def fit(cls, matrix: np.ndarray, strength: np.ndarray, consistency: np.ndarray, *,
-            rank: int = 64, jitter: float = 0.05) -> CorpusModel:  # fmt: skip
-        """Fit on real directions and their values (rows aligned)."""
-        m = np.asarray(matrix, dtype=np.float64)
-        s = np.asarray(strength, dtype=np.float64)
-        c = np.asarray(consistency, dtype=np.float64)
-        if m.ndim != 2 or m.shape[0] < 3 or s.shape != (m.shape[0],) or c.shape != s.shape:
-            raise InvalidInputError("fit needs an (n >= 3, d) matrix and n strengths and consistencies")
-        norms = np.linalg.norm(m, axis=1)
-        ok = (norms > ZERO_NORM) & (s > 0) & (c > 0)
-        u = m[ok] / norms[ok, None]
-        mean = u.mean(axis=0)
-        centred = u - mean
-        rank = int(min(rank, centred.shape[0] - 1, centred.shape[1]))
-        _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-        comps = vt[:rank]
-        resid = centred - (centred @ comps.T) @ comps
-        ratio = norms[ok] / (s[ok] * np.sqrt(c[ok]))
-        return cls(mean=mean, components=comps, sdev=sv[:rank] / np.sqrt(centred.shape[0] - 1),
-                   resid_sdev=resid.std(axis=0), triples=np.stack([s[ok], c[ok], ratio], axis=1),
-                   jitter=float(jitter))  # fmt: skip
-
-    def sample(self, n: int, *, seed: int = 0, block: int = BLOCK_ROWS
-               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:  # fmt: skip
-        """Blocks of (float32 directions, strength, consistency) totalling ``n`` rows."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise InvalidInputError(f"n must be a non-negative int, got {n!r}")
-        rng = np.random.default_rng(seed)
-        for start in range(0, n, block):
-            k = min(block, n - start)
-            z = rng.standard_normal((k, self.components.shape[0])) * self.sdev
-            u = self.mean + z @ self.components + rng.standard_normal((k, self.dim)) * self.resid_sdev
-            u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), ZERO_NORM)
-            pick = self.triples[rng.integers(0, len(self.triples), size=k)]
-            s = pick[:, 0] * np.exp(rng.normal(0.0, self.jitter, size=k))
-            c = np.clip(pick[:, 1] * np.exp(rng.normal(0.0, self.jitter, size=k)), 1e-6, 1.0)
-            norm = s * np.sqrt(c) * pick[:, 2]
-            yield (u * norm[:, None]).astype(np.float32), s, c
-
-
-def corpus_statistics(matrix: np.ndarray, strength: np.ndarray, consistency: np.ndarray, *,
-                      thresholds: Thresholds | None = None, sample: int = 2000, seed: int = 0
-                      ) -> dict[str, float]:  # fmt: skip
-    """Summary numbers to compare a synthetic corpus with the real one."""
-    t = thresholds or Thresholds()
-    m = np.asarray(matrix, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(m), size=min(sample, len(m)), replace=False)
-    norms = np.linalg.norm(m, axis=1)
-    u = m[idx] / np.maximum(norms[idx, None], ZERO_NORM)
-    cos = u @ u.T
-    iu = np.triu_indices(len(idx), 1)
-    centred = u - u.mean(axis=0)
-    ev = np.linalg.svd(centred, compute_uv=False) ** 2
-    s, c = np.asarray(strength, dtype=np.float64), np.asarray(consistency, dtype=np.float64)
-    return {
-        "n": int(len(m)),
-        "mean_norm": float(norms.mean()),
-        "mean_pairwise_cos": float(cos[iu].mean()),
-        "std_pairwise_cos": float(cos[iu].std()),
-        "var_top16_pcs": float(ev[:16].sum() / ev.sum()),
-        "strength_mean": float(s.mean()),
-        "consistency_mean": float(c.mean()),
-        "corr_strength_consistency": float(np.corrcoef(s, c)[0, 1]),
-        "corr_norm_strength": float(np.corrcoef(norms, s)[0, 1]),
-        "share_over_strength": float((s > t.strength_max).mean()) if t.strength_max is not None else 0.0,
-        "share_under_consistency": (float((c < t.consistency_min).mean())
-                                    if t.consistency_min is not None else 0.0),
-    }  # fmt: skip
+#: "auto" builds int8 codes from this many rows on.
+INT8_MIN_ROWS = 20_000
 
 
 # ------------------------------------------------------------------------------ the index
@@ -166,7 +76,10 @@ class DirectionIndex:
         self.norms = np.empty(n, dtype=np.float32)
         for a in range(0, n, _QUANT_ROWS):  # small blocks: norm() squares a temporary copy
             self.norms[a : a + _QUANT_ROWS] = np.linalg.norm(matrix[a : a + _QUANT_ROWS], axis=1)
-        use_int8 = kernel == "int8" or (kernel == "auto" and _fbgemm_available())
+        if not np.isfinite(self.norms).all():
+            raise InvalidInputError("directions must be finite (a row is NaN, inf, or too long for float32)")
+        # below INT8_MIN_ROWS the float32 scan takes well under a millisecond: no codes, no torch
+        use_int8 = kernel == "int8" or (kernel == "auto" and n >= INT8_MIN_ROWS and _fbgemm_available())
         if kernel == "int8" and not _fbgemm_available():
             raise InvalidInputError("the int8 kernel needs torch with the fbgemm quantized engine")
         self._packed: list[Any] = []
@@ -239,6 +152,7 @@ class DirectionIndex:
         return approx, bound
 
     def filter_mask(self, thresholds: Thresholds) -> np.ndarray:
+        """Rows passing ``thresholds`` (the last mask is kept: the dashboard repeats its filters)."""
         key = (thresholds.strength_max, thresholds.consistency_min)
         if self._mask_key != key or self._mask is None:
             mask = np.ones(len(self), dtype=bool)
@@ -260,23 +174,42 @@ class DirectionIndex:
 
     def search(self, query: np.ndarray, k: int = 10, thresholds: Thresholds | None = None
                ) -> tuple[np.ndarray, np.ndarray, SearchStats]:  # fmt: skip
-        """(row indices, cosines, stats) of the ``k`` best eligible rows, best first."""
+        """(row indices, cosines, stats) of the ``k`` best rows passing ``thresholds``, best first."""
+        return self.search_masks(query, k, [self.filter_mask(thresholds or Thresholds())])[0]
+
+    def search_masks(self, query: np.ndarray, k: int, masks: Sequence[np.ndarray]
+                     ) -> list[tuple[np.ndarray, np.ndarray, SearchStats]]:  # fmt: skip
+        """The ``k`` best rows within each boolean row mask, from one pass over the corpus.
+
+        Ranking needs two answers per query (the LoRAs that pass the filters and the best
+        of those they remove); both come from the same stage-1 scores. Ties are broken by
+        row order, so equal scores keep corpus order.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInputError(f"k must be a positive int, got {k!r}")
         x = _unit_query(query, self.matrix.shape[1])
-        mask = self.filter_mask(thresholds or Thresholds())
-        eligible = int(mask.sum())
+        for m in masks:
+            if m.dtype != np.bool_ or m.shape != (len(self),):
+                raise InvalidInputError(f"masks must be boolean arrays of {len(self)} rows")
         if not self._packed:
-            rows, scores = _top(self._scan(x), k, mask)
-            return rows, scores, SearchStats(self.kernel, len(self), eligible)
+            scores = self._scan(x)
+            return [(*_top(scores, int(k), m), SearchStats(self.kernel, len(self), int(m.sum()))) for m in masks]
         approx, bound = self._approx(x)
-        lower = np.where(mask, approx - bound, -np.inf)
-        kk = min(k, eligible)
-        if kk == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), SearchStats(self.kernel, 0, 0)
-        tau = np.partition(lower, len(lower) - kk)[len(lower) - kk]  # k-th best lower bound
-        cand = np.flatnonzero(mask & (approx + bound >= tau))
-        exact = self._exact(cand, x)
-        order = np.lexsort((cand, -exact))[:kk]  # score desc, then row asc
-        return cand[order], exact[order], SearchStats(self.kernel, int(cand.size), eligible)
+        out = []
+        for mask in masks:
+            eligible = int(mask.sum())
+            kk = min(int(k), eligible)
+            if kk == 0:
+                out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32),
+                            SearchStats(self.kernel, 0, 0)))  # fmt: skip
+                continue
+            lower = np.where(mask, approx - bound, -np.inf)
+            tau = np.partition(lower, len(lower) - kk)[len(lower) - kk]  # k-th best lower bound
+            cand = np.flatnonzero(mask & (approx + bound >= tau))
+            exact = self._exact(cand, x)
+            order = np.lexsort((cand, -exact))[:kk]  # score desc, then row asc
+            out.append((cand[order], exact[order], SearchStats(self.kernel, int(cand.size), eligible)))
+        return out
 
     def _scan(self, x: np.ndarray) -> np.ndarray:
         out = np.empty(len(self), dtype=np.float32)
@@ -287,6 +220,10 @@ class DirectionIndex:
         out /= np.maximum(norms, ZERO_NORM)
         out[norms <= ZERO_NORM] = 0.0
         return out
+
+    def cosines(self, query: np.ndarray) -> np.ndarray:
+        """Float32 cosine of every row with ``query`` (zero rows score 0)."""
+        return self._scan(_unit_query(query, self.matrix.shape[1]))
 
     def exact_search(self, query: np.ndarray, k: int = 10, thresholds: Thresholds | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
