@@ -141,7 +141,7 @@ def sdxl_weights() -> Capability:
     from pathlib import Path
 
     from carlos.models.clip import hf_hub_cache_dir
-    from carlos.models.diffusion import SDXL_REPO_ID, WEIGHTS_ENV, _in_hf_cache
+    from carlos.models.sdxl_loader import SDXL_REPO_ID, WEIGHTS_ENV, in_hf_cache
 
     name = "SDXL base 1.0 weights"
     env = os.environ.get(WEIGHTS_ENV)
@@ -149,6 +149,6 @@ def sdxl_weights() -> Capability:
         ok = Path(env).expanduser().exists()
         return Capability(name, ok, f"{WEIGHTS_ENV}={env}" + ("" if ok else " does not exist"))
     cache = hf_hub_cache_dir()
-    if _in_hf_cache(SDXL_REPO_ID, cache):
+    if in_hf_cache(SDXL_REPO_ID, cache):
         return Capability(name, True, f"{SDXL_REPO_ID} in {cache}")
     return Capability(name, False, f"not in {cache} and {WEIGHTS_ENV} is not set")

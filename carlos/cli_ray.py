@@ -106,7 +106,8 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
 def _run_ray(args: argparse.Namespace, store: Any, job_ids: list[int], update: Any) -> dict[str, Any]:
     import ray
 
-    from carlos.distributed import RayConfig, characterize_on_ray
+    from carlos.distributed import characterize_on_ray
+    from carlos.distributed_tasks import RayConfig
 
     config = RayConfig(actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                        use_gpus=False if args.no_gpus else None, chunk_pairs=args.chunk_pairs,

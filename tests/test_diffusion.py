@@ -18,12 +18,12 @@ from carlos.errors import (
 )
 from carlos.models import tiny_sdxl
 from carlos.models.diffusion import (
-    SDXL_REPO_ID,
     DiffusionBackend,
     DiffusionSettings,
     get_backend_spec,
     list_backends,
 )
+from carlos.models.sdxl_loader import SDXL_REPO_ID
 from carlos.testing_lora import TEST_LORA_MARKER, make_test_lora, sgm_unet_name
 
 PROMPTS = ["a photo of a cat", "portrait of an old man, oil painting", "a red sports car", "a bowl of fruit"]

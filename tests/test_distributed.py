@@ -18,7 +18,8 @@ import pytest
 from carlos import distributed, jobs
 from carlos.cli import main
 from carlos.cli_ray import read_manifest
-from carlos.distributed import RayConfig, characterize_on_ray
+from carlos.distributed import characterize_on_ray
+from carlos.distributed_tasks import RayConfig
 from carlos.errors import InvalidInputError
 from carlos.store import Store
 from carlos.testing_lora import make_test_lora

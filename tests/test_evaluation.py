@@ -13,9 +13,7 @@ import pytest
 from carlos.cli import main
 from carlos.errors import InvalidInputError
 from carlos.evaluation import (
-    ClipImageJudge,
     RetrieverRun,
-    default_judge_status,
     diversity,
     diversity_figure,
     effective_lora_count,
@@ -23,9 +21,9 @@ from carlos.evaluation import (
     load_queries,
     normalized_entropy,
     relevance_frame,
-    relevance_top_k,
     span_counts,
 )
+from carlos.relevance import ClipImageJudge, default_judge_status, relevance_top_k
 
 
 # -- metrics ------------------------------------------------------------------------------------
