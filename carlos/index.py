@@ -48,6 +48,8 @@ def _fbgemm_available() -> bool:
 
 @dataclass(frozen=True)
 class SearchStats:
+    """What one search did: which kernel, how many rows it re-scored exactly, how many were eligible."""
+
     kernel: str  # "int8-fbgemm+exact-rerank" or "float32-scan"
     candidates: int  # rows recomputed in float32 (stage 2)
     eligible: int  # rows passing the filters

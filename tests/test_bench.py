@@ -115,6 +115,7 @@ def test_bench_query_command_checks_exactness(capsys: pytest.CaptureFixture) -> 
         assert q["cos_reference_vs_cold"] >= 0.99999 and q["cos_reference_vs_service"] >= 0.99999
         assert q["cos_store_vs_memory"] >= 0.99999 and q["ratio"] > 0
     assert r["summary"]["exact"] is True and set(r["targets"]) == {"cold_ratio", "warm_ms", "cos"}
+    assert 0 < r["summary"]["store_connect_ms"] <= r["summary"]["median_warm_store_ms"] * 10
 
 
 def test_bench_characterize_command_compares_both_procedures(capsys: pytest.CaptureFixture) -> None:
