@@ -185,6 +185,14 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
         tmp.write_text(os.urandom(16).hex())
         os.replace(tmp, self.stamp_path)  # atomic: readers see the old token or the new one
 
+    def _stamp_if_possible(self) -> str | None:
+        try:
+            self._write_stamp()
+        except OSError as e:  # a read-only folder: every call then reads the database
+            log.debug("cannot write %s: %s", self.stamp_path, e)
+            return None
+        return self._read_stamp()
+
     def _read_stamp(self) -> str | None:
         try:
             return self.stamp_path.read_text()
@@ -195,7 +203,8 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
         """Counter bumped on every LoRA/representation write (cache key for readers).
 
         Exact across processes: it is read from the database only when the stamp file's
-        token changed since the last read (or there is no stamp), otherwise memoized.
+        token changed since the last read, otherwise memoized. A store without a stamp (made
+        before stamps, or copied without it) gets one here, under the lock.
         """
         token = self._read_stamp()  # before the database: a write in between only causes a re-read
         memo = self._version_memo
@@ -203,6 +212,8 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
             return memo[1]
         with self.session() as con:
             row = con.execute("SELECT value FROM meta WHERE key = 'data_version'").fetchone()
+            if token is None:  # under the lock no writer can change the version or the stamp
+                token = self._read_stamp() or self._stamp_if_possible()
         version = int(row[0]) if row else 0
         self._version_memo = (token, version)
         return version

@@ -145,9 +145,13 @@ def test_data_version_is_exact_across_stores_and_reads_the_database_only_after_w
     b.upsert_loras([{"lora_id": "z", "source": "t"}])
     opened.clear()
     assert a.data_version() == v0 + 3 and len(opened) == 1
-    a.stamp_path.unlink()  # a store from before stamps: every call reads the database
-    assert a.data_version() == v0 + 3 and len(opened) == 2
+    a.stamp_path.unlink()  # a store from before stamps: the next read writes a stamp
+    assert a.data_version() == v0 + 3 and len(opened) == 2 and a.stamp_path.is_file()
+    assert b.data_version() == v0 + 3 and len(opened) == 3  # b's token is gone: one read
+    assert [s.data_version() for s in (a, b, a, b)] == [v0 + 3] * 4 and len(opened) == 3
+    b.upsert_loras([{"lora_id": "v", "source": "t"}])
+    assert a.data_version() == v0 + 4  # the new stamp vouches for later writes as before
     with pytest.raises(RuntimeError), a.transaction():  # a rolled-back write leaves the version
         a.upsert_loras([{"lora_id": "w", "source": "t"}])
         raise RuntimeError("abort")
-    assert a.data_version() == b.data_version() == v0 + 3
+    assert a.data_version() == b.data_version() == v0 + 4
