@@ -118,7 +118,21 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
                 self._local.in_tx = False
 
     @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock across several connections: what they read is one state.
+
+        Unlike one :meth:`session`, each read inside gets its own connection, so DuckDB's
+        memory from one read is freed before the next (``load_view`` reads a million-row
+        frame, then the matrix).
+        """
+        with self._file_lock():
+            yield
+
+    @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
+        if getattr(self._local, "locked", False):  # this thread holds it already (see locked())
+            yield
+            return
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -137,7 +151,11 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
                         ) from None
                     time.sleep(delay)
                     delay = min(delay * 2, 0.05)
-            yield
+            self._local.locked = True
+            try:
+                yield
+            finally:
+                self._local.locked = False
         finally:
             os.close(fd)  # closing the descriptor releases the flock
 
