@@ -198,7 +198,7 @@ class DirectionIndex:
                 raise InvalidInputError(f"masks must be boolean arrays of {len(self)} rows")
         if not self._packed:
             scores = self._scan(x)
-            return [(*_top(scores, int(k), m), SearchStats(self.kernel, len(self), int(m.sum()))) for m in masks]
+            return [(*top_within(scores, int(k), m), SearchStats(self.kernel, len(self), int(m.sum()))) for m in masks]
         approx, bound = self._approx(x)
         out = []
         for mask in masks:
@@ -234,7 +234,7 @@ class DirectionIndex:
                      ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Brute-force float32 reference for :meth:`search`."""
         x = _unit_query(query, self.matrix.shape[1])
-        return _top(self._scan(x), k, self.filter_mask(thresholds or Thresholds()))
+        return top_within(self._scan(x), k, self.filter_mask(thresholds or Thresholds()))
 
 
 def _unit_query(query: np.ndarray, dim: int) -> np.ndarray:
@@ -247,7 +247,11 @@ def _unit_query(query: np.ndarray, dim: int) -> np.ndarray:
     return q / n
 
 
-def _top(scores: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def top_within(scores: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, scores) of the ``k`` best ``scores`` within ``mask``, best first; ties keep row order.
+
+    Partial selection first: a million scores need not be sorted for ten.
+    """
     cand = np.flatnonzero(mask)
     if cand.size > k:
         vals = scores[cand]

@@ -16,6 +16,7 @@ import pandas as pd
 from carlos.catalog import CorpusView
 from carlos.config import Thresholds
 from carlos.errors import InvalidInputError
+from carlos.index import top_within
 
 MAX_TOP_K = 1000
 
@@ -93,16 +94,6 @@ def _masks(view: CorpusView, thresholds: Thresholds, skip: frozenset[str]) -> tu
     return keep, candidate
 
 
-def _top(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the ``k`` best ``scores`` within ``mask``, best first; ties keep corpus order."""
-    idx = np.flatnonzero(mask)
-    if idx.size > k:  # partial selection first: a million scores need not be sorted for ten
-        vals = scores[idx]
-        kth = vals[np.argpartition(-vals, k - 1)[:k]].min()
-        idx = idx[vals >= kth]  # ties at the k-th score stay; the sort settles them
-    return idx[np.lexsort((idx, -scores[idx]))][:k]
-
-
 def _result(view: CorpusView, *, retriever: str, query: str, thresholds: Thresholds,
             hits: tuple[np.ndarray, np.ndarray], excluded: tuple[np.ndarray, np.ndarray],
             n_candidates: int, n_excluded: int, notes: list[str] | None,
@@ -156,9 +147,9 @@ def rank(
         raise InvalidInputError(f"expected {len(view)} scores, got shape {scores.shape}")
     keep, candidate = _masks(view, thresholds, skip)
     candidate &= np.isfinite(scores)
-    hits, excl = _top(scores, candidate & keep, top_k), _top(scores, candidate & ~keep, top_k)
     return _result(view, retriever=retriever, query=query, thresholds=thresholds,
-                   hits=(hits, scores[hits]), excluded=(excl, scores[excl]),
+                   hits=top_within(scores, top_k, candidate & keep),
+                   excluded=top_within(scores, top_k, candidate & ~keep),
                    n_candidates=int(candidate.sum()), n_excluded=int((candidate & ~keep).sum()),
                    notes=notes, info=info)  # fmt: skip
 
