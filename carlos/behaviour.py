@@ -56,12 +56,7 @@ def seed_direction(
     the mean recomputed once.
     """
     s = np.asarray(text_scores, dtype=np.float64)
-    frame = view.frame
-    ok = s > 0
-    if thresholds.strength_max is not None:
-        ok &= frame["strength"].to_numpy() <= thresholds.strength_max
-    if thresholds.consistency_min is not None:
-        ok &= frame["consistency"].to_numpy() >= thresholds.consistency_min
+    ok = (s > 0) & thresholds.keeps(*view.values)
     idx = np.flatnonzero(ok)
     if idx.size == 0:
         return Seeds(None, [], [], {})

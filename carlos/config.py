@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from carlos.errors import InvalidInputError
 
@@ -40,6 +41,17 @@ class Thresholds:
                 raise InvalidInputError(f"{name} must be a number or None, got {value!r}")
             if value is not None and abs(value) == float("inf"):
                 raise InvalidInputError(f"{name} must be finite, got {value!r}")
+
+    def keeps(self, strength: Any, consistency: Any) -> Any:
+        """Vectorized: which of these (Strength, Consistency) pairs pass (NaN never does)."""
+        import numpy as np
+
+        keep = np.ones(np.shape(strength), dtype=bool)
+        if self.strength_max is not None:
+            keep &= np.asarray(strength) <= self.strength_max
+        if self.consistency_min is not None:
+            keep &= np.asarray(consistency) >= self.consistency_min
+        return keep
 
     def exclusion_reasons(self, strength: float, consistency: float) -> list[str]:
         """Why a LoRA with these values is filtered out (empty list: kept)."""

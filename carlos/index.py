@@ -157,12 +157,7 @@ class DirectionIndex:
         """Rows passing ``thresholds`` (the last mask is kept: the dashboard repeats its filters)."""
         key = (thresholds.strength_max, thresholds.consistency_min)
         if self._mask_key != key or self._mask is None:
-            mask = np.ones(len(self), dtype=bool)
-            if thresholds.strength_max is not None:
-                mask &= self.strength <= thresholds.strength_max
-            if thresholds.consistency_min is not None:
-                mask &= self.consistency >= thresholds.consistency_min
-            self._mask_key, self._mask = key, mask
+            self._mask_key, self._mask = key, thresholds.keeps(self.strength, self.consistency)
         return self._mask
 
     def _exact(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:

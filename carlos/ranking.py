@@ -81,12 +81,7 @@ def check_top_k(top_k: int) -> int:
 
 def _masks(view: CorpusView, thresholds: Thresholds, skip: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
     """(passes the thresholds, may be ranked at all) per row of ``view``."""
-    strength, consistency = view.values
-    keep = np.ones(len(view), dtype=bool)
-    if thresholds.strength_max is not None:
-        keep &= strength <= thresholds.strength_max
-    if thresholds.consistency_min is not None:
-        keep &= consistency >= thresholds.consistency_min
+    keep = thresholds.keeps(*view.values)
     candidate = np.ones(len(view), dtype=bool)
     for lid in skip:
         if (i := view.find(lid)) is not None:
