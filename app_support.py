@@ -61,8 +61,7 @@ def require_corpus() -> CorpusView:
     try:
         view = get_view()
     except CarlosError as e:
-        st.info(f"The store has no corpus yet: {e}. Run `make run` (it imports the corpus) or "
-                "`python -m carlos corpus import`.")  # fmt: skip
+        st.info(f"The store has no corpus yet: {e}. Run `make run` (it imports the corpus) or `python -m carlos corpus import`.")
         st.stop()
     if len(view) == 0:
         st.info("The store is empty. Run `python -m carlos corpus import`.")
@@ -74,8 +73,7 @@ def corpus_frame(view: CorpusView, thresholds: Thresholds) -> pd.DataFrame:
     """The view annotated under ``thresholds`` (risk class, percentiles, flags) with each
     LoRA's review status and claim holder, and its NSFW label."""
     df = annotate(view.frame, RiskPolicy(thresholds=thresholds))
-    status = review.status_frame(get_store(), view)[["lora_id", "status", "reviewer", "decided_at",
-                                                     "claimed_by"]]  # fmt: skip
+    status = review.status_frame(get_store(), view)[["lora_id", "status", "reviewer", "decided_at", "claimed_by"]]
     out = df.merge(status, on="lora_id", how="left")
     out.attrs.update(df.attrs)  # the review-region cuts
     out["nsfw"] = out["nsfw_level"].map(lambda v: nsfw_label(None if pd.isna(v) else v))
@@ -173,11 +171,9 @@ def current_user() -> CurrentUser:
     email = str(st.user.get("email") or "").strip().lower()
     listed = (secrets.get("carlos") or {}).get("reviewers")
     if not listed:
-        return CurrentUser(email, False, "no reviewers are listed in secrets.toml [carlos] reviewers",
-                           "oidc", True)  # fmt: skip
+        return CurrentUser(email, False, "no reviewers are listed in secrets.toml [carlos] reviewers", "oidc", True)
     if not review.AccessPolicy.from_list(list(listed)).can_write(email):
-        return CurrentUser(email, False, f"{email or 'this account'} is not a listed reviewer (read-only)",
-                           "oidc", True)  # fmt: skip
+        return CurrentUser(email, False, f"{email or 'this account'} is not a listed reviewer (read-only)", "oidc", True)
     return CurrentUser(email, True, "", "oidc", True)
 
 
@@ -243,8 +239,10 @@ def _login() -> None:
     except Exception as e:  # Authlib missing or a bad [auth] section: explain, never a traceback
         if type(e).__name__ in ("RerunException", "StopException"):
             raise
-        st.sidebar.error(f"Login is configured but failed: {e}. Check the [auth] section of "
-                         "secrets.toml and that Authlib is installed (pip install Authlib).")  # fmt: skip
+        st.sidebar.error(
+            f"Login is configured but failed: {e}. Check the [auth] section of "
+            "secrets.toml and that Authlib is installed (pip install Authlib)."
+        )
 
 
 def write_note(user: CurrentUser) -> None:
@@ -254,8 +252,7 @@ def write_note(user: CurrentUser) -> None:
 
 
 # -- URL state ---------------------------------------------------------------------------------------
-def url_default(key: str, default: T, *, param: str | None = None,
-                parse: Callable[[str], T] | None = None) -> None:  # fmt: skip
+def url_default(key: str, default: T, *, param: str | None = None, parse: Callable[[str], T] | None = None) -> None:
     """Give widget ``key`` its first value on this page: the URL's ``param`` (a shared link,
     a ``st.page_link``) > the value kept from another page > ``default``. Call before
     drawing the widget (with ``key=key`` and no ``value``)."""
@@ -302,11 +299,13 @@ def parse_ids(text: str) -> list[str]:
 
 def choice(options: Sequence[T]) -> Callable[[str], T]:
     """A parser accepting only one of ``options`` (as text)."""
+
     def parse(text: str) -> T:
         for o in options:
             if str(o) == text:
                 return o
         raise ValueError(text)
+
     return parse
 
 
@@ -326,13 +325,14 @@ def threshold_sidebar(view: CorpusView, user: CurrentUser | None = None) -> Thre
     url_default("thr_c", saved.consistency_min or 0.041, param="cmin", parse=clamp(c_hi, 3, saved.consistency_min or 0.041))
     with st.sidebar:
         st.subheader("Thresholds")
-        st.caption(f"Saved: Strength ≤ {fmt_threshold(saved.strength_max)}, Consistency ≥ "
-                   f"{fmt_threshold(saved.consistency_min)} (paper: 9.8 / 0.041)")  # fmt: skip
+        st.caption(
+            f"Saved: Strength ≤ {fmt_threshold(saved.strength_max)}, Consistency ≥ "
+            f"{fmt_threshold(saved.consistency_min)} (paper: 9.8 / 0.041)"
+        )
         s_on = st.checkbox("Filter too strong", key="thr_s_on")
         s = st.slider("Strength max (substantiality)", 0.0, s_hi, step=0.05, key="thr_s", disabled=not s_on)
         c_on = st.checkbox("Filter too unstable", key="thr_c_on")
-        c = st.slider("Consistency min (volition)", 0.0, c_hi, step=0.001, key="thr_c", format="%.3f",
-                      disabled=not c_on)  # fmt: skip
+        c = st.slider("Consistency min (volition)", 0.0, c_hi, step=0.001, key="thr_c", format="%.3f", disabled=not c_on)
         st.button("Reset to saved", key="thr_reset", on_click=_reset_thresholds, args=(saved,))
     keep("thr_s_on")
     keep("thr_c_on")
@@ -390,15 +390,30 @@ def representations_table(store: Store, lora_id: str) -> None:
         pct = load_view(store, rep.embedder).annotated().set_index("lora_id")
         p = pct.loc[lora_id] if lora_id in pct.index else {}
         prov = rep.provenance
-        rows.append({"space": rep.embedder, "Strength": rep.strength, "Str pct": p.get("strength_pct"),
-                     "Consistency": rep.consistency, "Cons pct": p.get("consistency_pct"),
-                     "pairs": rep.n_samples, **{k: prov.get(k) for k in ("protocol", "backend", "prompt_set",
-                     "steps", "scale", "source")}, "computed": prov.get("created_at")})  # fmt: skip
+        rows.append(
+            {
+                "space": rep.embedder,
+                "Strength": rep.strength,
+                "Str pct": p.get("strength_pct"),
+                "Consistency": rep.consistency,
+                "Cons pct": p.get("consistency_pct"),
+                "pairs": rep.n_samples,
+                **{k: prov.get(k) for k in ("protocol", "backend", "prompt_set", "steps", "scale", "source")},
+                "computed": prov.get("created_at"),
+            }
+        )
     pct_col = st.column_config.NumberColumn(format="%.0f")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"Str pct": pct_col, "Cons pct": pct_col,
-                                "Strength": st.column_config.NumberColumn(format="%.3f"),
-                                "Consistency": st.column_config.NumberColumn(format="%.4f")})  # fmt: skip
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "Str pct": pct_col,
+            "Cons pct": pct_col,
+            "Strength": st.column_config.NumberColumn(format="%.3f"),
+            "Consistency": st.column_config.NumberColumn(format="%.4f"),
+        },
+    )
     st.caption("Percentiles: share of the LoRAs in the same space at or below this value.")
 
 
@@ -438,25 +453,38 @@ def image_pairs(thumbs: pd.DataFrame, *, reveal: bool, per_row: int = 4) -> None
     cells = []
     for r in thumbs.itertuples(index=False):
         imgs = "".join(
-            f'<img alt="{label}" style="width:48%;{blur}" src="data:image/png;base64,'
-            f'{base64.b64encode(png).decode("ascii")}"/>' if isinstance(png, (bytes, bytearray)) else
-            f'<span style="width:48%;display:inline-block">no {label} image</span>'
+            f'<img alt="{label}" style="width:48%;{blur}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"/>'
+            if isinstance(png, (bytes, bytearray))
+            else f'<span style="width:48%;display:inline-block">no {label} image</span>'
             for label, png in (("base", r.base_png), ("LoRA", r.lora_png))
-        )  # fmt: skip
+        )
         caption = html.escape(f"{r.category or ''} · seed {r.seed} · {r.prompt or ''}")
-        cells.append(f'<figure style="margin:0;overflow:hidden">{imgs}<figcaption style="font-size:0.8em">'
-                     f"{caption}</figcaption></figure>")  # fmt: skip
-    grid = (f'<div style="display:grid;grid-template-columns:repeat({per_row},1fr);gap:12px">'
-            + "".join(cells) + "</div>")  # fmt: skip
+        cells.append(f'<figure style="margin:0;overflow:hidden">{imgs}<figcaption style="font-size:0.8em">{caption}</figcaption></figure>')
+    grid = f'<div style="display:grid;grid-template-columns:repeat({per_row},1fr);gap:12px">' + "".join(cells) + "</div>"
     st.html(grid)
-    st.caption("Left: base SDXL; right: with the LoRA (same prompt and seed)."
-               + ("" if reveal else " Blurred: switch on *Reveal images* to see them."))
+    st.caption(
+        "Left: base SDXL; right: with the LoRA (same prompt and seed)."
+        + ("" if reveal else " Blurred: switch on *Reveal images* to see them.")
+    )
 
 
 def lora_table(frame: pd.DataFrame, *, key: str | None = None) -> None:
     """A sortable table of LoRAs with values, percentiles, flags, status and a detail link."""
-    cols = ["name", "link", "version_id", "strength", "strength_pct", "consistency", "consistency_pct",
-            "risk_class", "status", "flags", "nsfw", "download_count", "lora_id"]  # fmt: skip
+    cols = [
+        "name",
+        "link",
+        "version_id",
+        "strength",
+        "strength_pct",
+        "consistency",
+        "consistency_pct",
+        "risk_class",
+        "status",
+        "flags",
+        "nsfw",
+        "download_count",
+        "lora_id",
+    ]
     shown = frame.copy()
     shown["link"] = shown["lora_id"].map(detail_url)
     shown = shown[[c for c in cols if c in shown.columns]]
@@ -472,11 +500,9 @@ def lora_table(frame: pd.DataFrame, *, key: str | None = None) -> None:
             "link": st.column_config.LinkColumn("Details", display_text="open"),
             "version_id": st.column_config.NumberColumn("Civitai version", format="%d"),
             "strength": st.column_config.NumberColumn("Strength", format="%.2f"),
-            "strength_pct": st.column_config.ProgressColumn("Str pct", format="%.0f",
-                                                            min_value=0, max_value=100),
+            "strength_pct": st.column_config.ProgressColumn("Str pct", format="%.0f", min_value=0, max_value=100),
             "consistency": st.column_config.NumberColumn("Consistency", format="%.3f"),
-            "consistency_pct": st.column_config.ProgressColumn("Cons pct", format="%.0f",
-                                                               min_value=0, max_value=100),
+            "consistency_pct": st.column_config.ProgressColumn("Cons pct", format="%.0f", min_value=0, max_value=100),
             "risk_class": "Risk class",
             "status": "Review status",
             "nsfw": "NSFW",
@@ -496,8 +522,7 @@ def _background_worker(path: str) -> Any:
     from carlos.jobs import Worker
 
     worker = Worker(_open_store(path), worker_id=f"dashboard:{os.getpid()}")
-    thread = threading.Thread(target=worker.run, kwargs={"poll_s": 1.0}, daemon=True,
-                              name="carlos-dashboard-worker")  # fmt: skip
+    thread = threading.Thread(target=worker.run, kwargs={"poll_s": 1.0}, daemon=True, name="carlos-dashboard-worker")
     thread.start()
     return thread
 

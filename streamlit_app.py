@@ -8,7 +8,6 @@ from app_support import PAGES
 
 st.set_page_config(page_title="CARLoS: LoRAs by what they do", page_icon="🔎", layout="wide")
 pages = [
-    st.Page(script, title=title, icon=icon, url_path=url_path, default=(url_path == "overview"))
-    for script, title, icon, url_path in PAGES
+    st.Page(script, title=title, icon=icon, url_path=url_path, default=(url_path == "overview")) for script, title, icon, url_path in PAGES
 ]
 st.navigation(pages, position="hidden").run()

@@ -45,9 +45,14 @@ class Seeds:
 
 
 def seed_direction(
-    view: CorpusView, text_scores: np.ndarray, thresholds: Thresholds, *, n_seeds: int = 8,
-    min_cos: float = 0.0, mad_k: float = 2.0,
-) -> Seeds:  # fmt: skip
+    view: CorpusView,
+    text_scores: np.ndarray,
+    thresholds: Thresholds,
+    *,
+    n_seeds: int = 8,
+    min_cos: float = 0.0,
+    mad_k: float = 2.0,
+) -> Seeds:
     """Weighted mean of the best text matches' unit directions, trimmed of outliers.
 
     Seeds must pass ``thresholds``: a too-unstable LoRA's mean direction is mostly

@@ -29,10 +29,12 @@ README = REPO_ROOT / "bench" / "README.md"
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on (cores, threads, load, versions)."""
     info: dict[str, Any] = {
-        "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "memory_gib": _mem_total_gib(),
-    }  # fmt: skip
+    }
     try:
         import torch
 
@@ -69,8 +71,12 @@ def percentiles(seconds: Sequence[float]) -> dict[str, float]:
     a = np.asarray(seconds, dtype=np.float64) * 1e3
     if a.size == 0:
         return {"p50_ms": float("nan"), "p95_ms": float("nan"), "min_ms": float("nan"), "max_ms": float("nan")}
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "min_ms": float(a.min()), "max_ms": float(a.max())}  # fmt: skip
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "min_ms": float(a.min()),
+        "max_ms": float(a.max()),
+    }
 
 
 class MemoryProbe:
@@ -166,9 +172,11 @@ def machine_line(info: dict[str, Any]) -> str:
     threads = f"{info.get('torch_threads')} threads"
     if info.get("torch_threads_during_run", info.get("torch_threads")) != info.get("torch_threads"):
         threads += f"; {info['torch_threads_during_run']} during the run"
-    return (f"{info.get('cpu')}, {info.get('cores')} cores, {info.get('memory_gib')} GiB, torch "
-            f"{info.get('torch')} ({threads}){gpu}; load average "
-            f"{info.get('load_avg_1m')} when it started")  # fmt: skip
+    return (
+        f"{info.get('cpu')}, {info.get('cores')} cores, {info.get('memory_gib')} GiB, torch "
+        f"{info.get('torch')} ({threads}){gpu}; load average "
+        f"{info.get('load_avg_1m')} when it started"
+    )
 
 
 def update_readme(name: str, markdown: str, path: Path = README) -> Path:

@@ -71,14 +71,15 @@ def write_random_lora(path: str | Path, arch: Any, *, seed: int = 0, rank: int =
     tensors = {}
     for name, mod in unet.named_modules():
         if isinstance(mod, torch.nn.Linear) and target.search(name):
-            tensors[f"unet.{name}.lora_A.weight"] = (torch.randn(rank, mod.in_features, generator=gen)
-                                                     / mod.in_features**0.5).half()  # fmt: skip
-            tensors[f"unet.{name}.lora_B.weight"] = (torch.randn(mod.out_features, rank, generator=gen)
-                                                     / rank**0.5).half()  # fmt: skip
+            tensors[f"unet.{name}.lora_A.weight"] = (torch.randn(rank, mod.in_features, generator=gen) / mod.in_features**0.5).half()
+            tensors[f"unet.{name}.lora_B.weight"] = (torch.randn(mod.out_features, rank, generator=gen) / rank**0.5).half()
     if not tensors:
         raise InvalidInputError(f"no attention projection found in {arch.name}")
-    meta = {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora", "ss_base_model_version": "sdxl_base_v1-0",
-            "modelspec.title": Path(path).stem}  # fmt: skip
+    meta = {
+        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+        "ss_base_model_version": "sdxl_base_v1-0",
+        "modelspec.title": Path(path).stem,
+    }
     if arch.name != "sdxl-base-1.0":
         meta[TEST_LORA_MARKER[0]] = TEST_LORA_MARKER[1]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +94,7 @@ def _lora_files(cfg: CharBenchConfig, folder: Path) -> list[Path]:
         return [make_test_lora(folder / f"bench-{i}.safetensors", seed=100 + i) for i in range(cfg.n_loras)]
     from carlos.models.tiny_sdxl import SDXL_BASE_1_0
 
-    return [write_random_lora(folder / f"bench-{i}.safetensors", SDXL_BASE_1_0, seed=100 + i)
-            for i in range(cfg.n_loras)]  # fmt: skip
+    return [write_random_lora(folder / f"bench-{i}.safetensors", SDXL_BASE_1_0, seed=100 + i) for i in range(cfg.n_loras)]
 
 
 def run_ours(cfg: CharBenchConfig, files: list[Path], folder: Path, clip: Any) -> dict[str, Any]:
@@ -120,10 +120,17 @@ def run_ours(cfg: CharBenchConfig, files: list[Path], folder: Path, clip: Any) -
     st = ch.stats
     sec = dict(st.seconds)
     sec["attach+bookkeeping+summarise"] = max(0.0, run_s - sum(sec.values()))
-    return {"load_s": load_s, "submit_s": submit_s, "run_s": run_s, "seconds": sec,
-            "images": st.base_generated + st.lora_generated, "base_images": st.base_generated,
-            "lora_images": st.lora_generated, "pipeline_loads": ch.backend.pipeline_loads,
-            "reps": [(r.direction, r.strength, r.consistency) for r in reps]}  # fmt: skip
+    return {
+        "load_s": load_s,
+        "submit_s": submit_s,
+        "run_s": run_s,
+        "seconds": sec,
+        "images": st.base_generated + st.lora_generated,
+        "base_images": st.base_generated,
+        "lora_images": st.lora_generated,
+        "pipeline_loads": ch.backend.pipeline_loads,
+        "reps": [(r.direction, r.strength, r.consistency) for r in reps],
+    }
 
 
 def run_reference(cfg: CharBenchConfig, files: list[Path], clip: Any) -> dict[str, Any]:
@@ -150,8 +157,7 @@ def run_reference(cfg: CharBenchConfig, files: list[Path], clip: Any) -> dict[st
         t4 = time.perf_counter()
         backend.unload_lora()
         t5 = time.perf_counter()
-        diffs = (clip.image_features(lora, batch_size=cfg.ref_batch).astype(np.float64)
-                 - clip.image_features(base, batch_size=cfg.ref_batch))  # fmt: skip
+        diffs = clip.image_features(lora, batch_size=cfg.ref_batch).astype(np.float64) - clip.image_features(base, batch_size=cfg.ref_batch)
         t6 = time.perf_counter()
         rep = summarize(diffs)
         sec["summarise"] += time.perf_counter() - t6
@@ -162,15 +168,16 @@ def run_reference(cfg: CharBenchConfig, files: list[Path], clip: Any) -> dict[st
         images += len(base) + len(lora)
         reps.append((rep.direction, rep.strength, rep.consistency))
         del backend
-    return {"run_s": time.perf_counter() - t_all, "seconds": sec, "images": images, "pipeline_loads": len(files),
-            "reps": reps}  # fmt: skip
+    return {"run_s": time.perf_counter() - t_all, "seconds": sec, "images": images, "pipeline_loads": len(files), "reps": reps}
 
 
 def _agreement(a: list[tuple], b: list[tuple]) -> dict[str, float]:
     cos = [float(x[0] @ y[0] / max(np.linalg.norm(x[0]) * np.linalg.norm(y[0]), 1e-30)) for x, y in zip(a, b)]
-    return {"min_direction_cos": min(cos),
-            "max_strength_rel_diff": max(abs(x[1] - y[1]) / max(abs(y[1]), 1e-12) for x, y in zip(a, b)),
-            "max_consistency_abs_diff": max(abs(x[2] - y[2]) for x, y in zip(a, b))}  # fmt: skip
+    return {
+        "min_direction_cos": min(cos),
+        "max_strength_rel_diff": max(abs(x[1] - y[1]) / max(abs(y[1]), 1e-12) for x, y in zip(a, b)),
+        "max_consistency_abs_diff": max(abs(x[2] - y[2]) for x, y in zip(a, b)),
+    }
 
 
 def _costs(ours: dict[str, Any], ref: dict[str, Any], n_loras: int) -> dict[str, dict[str, float]]:
@@ -186,14 +193,18 @@ def _costs(ours: dict[str, Any], ref: dict[str, Any], n_loras: int) -> dict[str,
     out = {}
     for name in PROTOCOLS:
         n_pairs = len(protocol_pairs(get_protocol(name))[0])
-        out[name] = {"pairs": n_pairs, "ours_s_per_lora": o_fixed + n_pairs * (o_img + o_pair),
-                     "ours_first_lora_extra_s": n_pairs * o_img,  # base images, once per prompt set
-                     "reference_s_per_lora": r_fixed + 2 * n_pairs * r_img}  # fmt: skip
+        out[name] = {
+            "pairs": n_pairs,
+            "ours_s_per_lora": o_fixed + n_pairs * (o_img + o_pair),
+            "ours_first_lora_extra_s": n_pairs * o_img,  # base images, once per prompt set
+            "reference_s_per_lora": r_fixed + 2 * n_pairs * r_img,
+        }
     return out
 
 
-def run_characterize_bench(config: CharBenchConfig | None = None, *, gpu: str = "auto",
-                           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_characterize_bench(
+    config: CharBenchConfig | None = None, *, gpu: str = "auto", progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Tiny backend on CPU, and ``sdxl-random`` at 1024²/25 steps when a GPU is there."""
     import torch
 
@@ -209,18 +220,26 @@ def run_characterize_bench(config: CharBenchConfig | None = None, *, gpu: str = 
         skipped = _gpu_skip_reason()
     results = [_run_case(c, progress) for c in cases]
     info["torch_threads_during_run"] = torch.get_num_threads()  # the tiny backend pins 1 thread
-    return {"benchmark": "characterize", "when": stamp(), "machine": info, "cases": results,
-            "gpu_skipped": skipped, "paper_gpu_hours_per_lora": PAPER_GPU_HOURS_PER_LORA}  # fmt: skip
+    return {
+        "benchmark": "characterize",
+        "when": stamp(),
+        "machine": info,
+        "cases": results,
+        "gpu_skipped": skipped,
+        "paper_gpu_hours_per_lora": PAPER_GPU_HOURS_PER_LORA,
+    }
 
 
 def _gpu_skip_reason() -> str:
     from carlos.models.tiny_sdxl import estimate_sdxl_cpu_seconds
 
     per_image = estimate_sdxl_cpu_seconds(25, 5.0, 1024, 1024)
-    return (f"skipped sdxl-random (full-size SDXL, 1024², 25 steps): torch sees no CUDA GPU here. On this "
-            f"CPU one image would take about {per_image / 60:.0f} min (estimate from counted FLOPs and a "
-            f"measured matmul rate), i.e. about {per_image * 4480 / 86400:.0f} CPU-days per LoRA at the paper "
-            "protocol")  # fmt: skip
+    return (
+        f"skipped sdxl-random (full-size SDXL, 1024², 25 steps): torch sees no CUDA GPU here. On this "
+        f"CPU one image would take about {per_image / 60:.0f} min (estimate from counted FLOPs and a "
+        f"measured matmul rate), i.e. about {per_image * 4480 / 86400:.0f} CPU-days per LoRA at the paper "
+        "protocol"
+    )
 
 
 def _run_case(cfg: CharBenchConfig, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
@@ -241,17 +260,36 @@ def _run_case(cfg: CharBenchConfig, progress: Callable[[int, int], None] | None)
     agree = _agreement(ours.pop("reps"), ref.pop("reps"))
     ours_total = ours["load_s"] + ours["submit_s"] + ours["run_s"]
     return {
-        "config": asdict(cfg), "device": clip.device, "pairs": pairs, "ours": ours, "reference": ref,
-        "ours_total_s": ours_total, "ratio": ref["run_s"] / ours_total,
-        "ours_pairs_per_s": pairs / ours_total, "reference_pairs_per_s": pairs / ref["run_s"],
+        "config": asdict(cfg),
+        "device": clip.device,
+        "pairs": pairs,
+        "ours": ours,
+        "reference": ref,
+        "ours_total_s": ours_total,
+        "ratio": ref["run_s"] / ours_total,
+        "ours_pairs_per_s": pairs / ours_total,
+        "reference_pairs_per_s": pairs / ref["run_s"],
         "ours_images_per_s": ours["images"] / (ours["run_s"] or 1e-9),
         "reference_images_per_s": ref["images"] / (ref["run_s"] or 1e-9),
-        "agreement": agree, "cost_per_lora": _costs(ours, ref, cfg.n_loras),
-    }  # fmt: skip
+        "agreement": agree,
+        "cost_per_lora": _costs(ours, ref, cfg.n_loras),
+    }
 
 
-_HEADERS = ("backend", "side", "LoRAs x pairs", "images", "total s", "LoRA pairs/s", "images/s", "load s",
-            "generate s", "embed s", "store s", "attach+other s")  # fmt: skip
+_HEADERS = (
+    "backend",
+    "side",
+    "LoRAs x pairs",
+    "images",
+    "total s",
+    "LoRA pairs/s",
+    "images/s",
+    "load s",
+    "generate s",
+    "embed s",
+    "store s",
+    "attach+other s",
+)
 
 
 def _rows(result: dict[str, Any]) -> list[list[Any]]:
@@ -259,17 +297,42 @@ def _rows(result: dict[str, Any]) -> list[list[Any]]:
     for c in result["cases"]:
         o, r, cfg = c["ours"], c["reference"], c["config"]
         shape = f"{cfg['n_loras']} x {c['pairs'] // cfg['n_loras']}"
-        rows.append([cfg["backend"], "ours", shape, o["images"], c["ours_total_s"], c["ours_pairs_per_s"],
-                     c["ours_images_per_s"], o["load_s"], o["seconds"]["generate"], o["seconds"]["embed"],
-                     o["seconds"]["store"], o["seconds"]["attach+bookkeeping+summarise"] + o["submit_s"]])  # fmt: skip
-        rows.append([cfg["backend"], "reference", shape, r["images"], r["run_s"], c["reference_pairs_per_s"],
-                     c["reference_images_per_s"], r["seconds"]["load"], r["seconds"]["generate"],
-                     r["seconds"]["embed"], 0.0, r["seconds"]["lora_attach"] + r["seconds"]["summarise"]])  # fmt: skip
+        rows.append(
+            [
+                cfg["backend"],
+                "ours",
+                shape,
+                o["images"],
+                c["ours_total_s"],
+                c["ours_pairs_per_s"],
+                c["ours_images_per_s"],
+                o["load_s"],
+                o["seconds"]["generate"],
+                o["seconds"]["embed"],
+                o["seconds"]["store"],
+                o["seconds"]["attach+bookkeeping+summarise"] + o["submit_s"],
+            ]
+        )
+        rows.append(
+            [
+                cfg["backend"],
+                "reference",
+                shape,
+                r["images"],
+                r["run_s"],
+                c["reference_pairs_per_s"],
+                c["reference_images_per_s"],
+                r["seconds"]["load"],
+                r["seconds"]["generate"],
+                r["seconds"]["embed"],
+                0.0,
+                r["seconds"]["lora_attach"] + r["seconds"]["summarise"],
+            ]
+        )
     return rows
 
 
-_COST_HEADERS = ("backend", "protocol", "pairs", "ours h/LoRA", "ours base images h (once)", "reference h/LoRA",
-                 "reference / ours")  # fmt: skip
+_COST_HEADERS = ("backend", "protocol", "pairs", "ours h/LoRA", "ours base images h (once)", "reference h/LoRA", "reference / ours")
 
 
 def _cost_rows(result: dict[str, Any]) -> list[list[Any]]:
@@ -277,9 +340,17 @@ def _cost_rows(result: dict[str, Any]) -> list[list[Any]]:
     for c in result["cases"]:
         unit = "GPU" if c["device"].startswith("cuda") else "CPU"
         for name, v in c["cost_per_lora"].items():
-            rows.append([f"{c['config']['backend']} ({unit})", name, v["pairs"], v["ours_s_per_lora"] / 3600,
-                         v["ours_first_lora_extra_s"] / 3600, v["reference_s_per_lora"] / 3600,
-                         f"{v['reference_s_per_lora'] / v['ours_s_per_lora']:.2f}x"])  # fmt: skip
+            rows.append(
+                [
+                    f"{c['config']['backend']} ({unit})",
+                    name,
+                    v["pairs"],
+                    v["ours_s_per_lora"] / 3600,
+                    v["ours_first_lora_extra_s"] / 3600,
+                    v["reference_s_per_lora"] / 3600,
+                    f"{v['reference_s_per_lora'] / v['ours_s_per_lora']:.2f}x",
+                ]
+            )
     return rows
 
 
@@ -287,12 +358,16 @@ def _cost_lines(result: dict[str, Any]) -> list[str]:
     out = []
     for c in result["cases"]:
         a = c["agreement"]
-        out.append(f"{c['config']['backend']}: ours is {c['ratio']:.2f}x faster end to end on this run (its one "
-                   f"pipeline load included); representations agree: min direction cos "
-                   f"{a['min_direction_cos']:.6f}, max Strength rel. diff "
-                   f"{a['max_strength_rel_diff']:.1e}")  # fmt: skip
-    out.append(f"paper: about {result['paper_gpu_hours_per_lora']:g} A6000 GPU-hours per LoRA (full protocol); "
-               "the tiny backend's hours say nothing about SDXL (64x64 px, 4 steps, toy UNet)")  # fmt: skip
+        out.append(
+            f"{c['config']['backend']}: ours is {c['ratio']:.2f}x faster end to end on this run (its one "
+            f"pipeline load included); representations agree: min direction cos "
+            f"{a['min_direction_cos']:.6f}, max Strength rel. diff "
+            f"{a['max_strength_rel_diff']:.1e}"
+        )
+    out.append(
+        f"paper: about {result['paper_gpu_hours_per_lora']:g} A6000 GPU-hours per LoRA (full protocol); "
+        "the tiny backend's hours say nothing about SDXL (64x64 px, 4 steps, toy UNet)"
+    )
     if result["gpu_skipped"]:
         out.append(result["gpu_skipped"])
     return out
@@ -300,9 +375,18 @@ def _cost_lines(result: dict[str, Any]) -> list[str]:
 
 def characterize_bench_text(result: dict[str, Any]) -> str:
     head = f"Characterization throughput; {machine_line(result['machine'])}"
-    return "\n".join([head, "", text_table(_HEADERS, _rows(result)), "", "Cost per LoRA, extrapolated from the "
-                      "measured per-image times:", text_table(_COST_HEADERS, _cost_rows(result)), ""]
-                     + _cost_lines(result))  # fmt: skip
+    return "\n".join(
+        [
+            head,
+            "",
+            text_table(_HEADERS, _rows(result)),
+            "",
+            "Cost per LoRA, extrapolated from the measured per-image times:",
+            text_table(_COST_HEADERS, _cost_rows(result)),
+            "",
+        ]
+        + _cost_lines(result)
+    )
 
 
 def characterize_bench_markdown(result: dict[str, Any], command: str) -> str:
@@ -322,5 +406,5 @@ def characterize_bench_markdown(result: dict[str, Any], command: str) -> str:
         markdown_table(_COST_HEADERS, _cost_rows(result)),
         "",
     ]
-    lines += [f"- {x}" for x in _cost_lines(result)]  # fmt: skip
+    lines += [f"- {x}" for x in _cost_lines(result)]
     return "\n".join(lines)

@@ -33,8 +33,13 @@ from carlos.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUERIES = ("pixel art", "snowy winter scene", "in the style of Katsushika Hokusai",
-                   "watercolor painting", "cyberpunk city at night with neon lights")  # fmt: skip
+DEFAULT_QUERIES = (
+    "pixel art",
+    "snowy winter scene",
+    "in the style of Katsushika Hokusai",
+    "watercolor painting",
+    "cyberpunk city at night with neon lights",
+)
 COLD_RATIO_TARGET = 20.0
 WARM_TARGET_MS = 20.0
 EXACT_COS = 0.99999
@@ -76,8 +81,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t
 
 
-def run_query_bench(config: QueryBenchConfig | None = None, *, clip: Any = None,
-                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_query_bench(
+    config: QueryBenchConfig | None = None, *, clip: Any = None, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Measure the three paths side by side; returns a JSON-ready dict."""
     from carlos.models.clip import load_clip
     from carlos.models.text_cache import build_prefix_cache, query_direction_cached
@@ -119,17 +125,26 @@ def run_query_bench(config: QueryBenchConfig | None = None, *, clip: Any = None,
                 assert fresh.stats["query_cache_hits"] == 1, "the fresh service should have hit the store cache"
                 store_times.append(fresh_s)
             store_s = float(np.median(store_times))
-            rows.append({
-                "query": q, "query_tokens": cold.query_tokens, "reference_s": ref_s, "cold_s": cold_s,
-                "ratio": ref_s / cold_s, "cos_reference_vs_cold": _cos(ref, cold.direction),
-                "cos_reference_vs_service": _cos(ref, svc_cold.direction),
-                "cos_store_vs_memory": _cos(from_store.direction, svc_cold.direction),
-                "service_cold_s": svc_cold_s, "warm_memory_ms": percentiles(warm_mem)["p50_ms"],
-                "warm_search_ms": percentiles(warm_search)["p50_ms"], "warm_store_ms": store_s * 1e3,
-                "n_reencoded": cold.n_reencoded, "n_truncated": cold.n_truncated,
-                # token positions each side runs through the text tower: the ratio's natural bound
-                "position_ratio": 2 * clip.context_length / (cold.query_tokens + 1),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "query": q,
+                    "query_tokens": cold.query_tokens,
+                    "reference_s": ref_s,
+                    "cold_s": cold_s,
+                    "ratio": ref_s / cold_s,
+                    "cos_reference_vs_cold": _cos(ref, cold.direction),
+                    "cos_reference_vs_service": _cos(ref, svc_cold.direction),
+                    "cos_store_vs_memory": _cos(from_store.direction, svc_cold.direction),
+                    "service_cold_s": svc_cold_s,
+                    "warm_memory_ms": percentiles(warm_mem)["p50_ms"],
+                    "warm_search_ms": percentiles(warm_search)["p50_ms"],
+                    "warm_store_ms": store_s * 1e3,
+                    "n_reencoded": cold.n_reencoded,
+                    "n_truncated": cold.n_truncated,
+                    # token positions each side runs through the text tower: the ratio's natural bound
+                    "position_ratio": 2 * clip.context_length / (cold.query_tokens + 1),
+                }
+            )
             if progress:
                 progress(i + 1, total)
     ratios = [r["ratio"] for r in rows]
@@ -138,7 +153,8 @@ def run_query_bench(config: QueryBenchConfig | None = None, *, clip: Any = None,
     summary = {
         "median_reference_s": float(np.median([r["reference_s"] for r in rows])),
         "median_cold_s": float(np.median([r["cold_s"] for r in rows])),
-        "median_ratio": float(np.median(ratios)), "min_ratio": float(min(ratios)),
+        "median_ratio": float(np.median(ratios)),
+        "min_ratio": float(min(ratios)),
         "median_warm_search_ms": float(np.median([r["warm_search_ms"] for r in rows])),
         "median_warm_store_ms": float(np.median([r["warm_store_ms"] for r in rows])),
         "median_warm_memory_ms": float(np.median([r["warm_memory_ms"] for r in rows])),
@@ -149,12 +165,20 @@ def run_query_bench(config: QueryBenchConfig | None = None, *, clip: Any = None,
         "warm_target_met": warm_direction < WARM_TARGET_MS,
         "warm_search_target_met": float(np.median([r["warm_search_ms"] for r in rows])) < WARM_TARGET_MS,
         "exact": min_cos >= EXACT_COS,
-    }  # fmt: skip
-    return {"benchmark": "query", "when": stamp(), "machine": info, "config": asdict(config),
-            "clip": clip.embedder_id, "clip_load_s": load_s, "n_prompts": len(prompts),
-            "prefix_cache": {"build_s": build_s, "mib": cache.nbytes / 2**20},
-            "targets": {"cold_ratio": COLD_RATIO_TARGET, "warm_ms": WARM_TARGET_MS, "cos": EXACT_COS},
-            "queries": rows, "summary": summary}  # fmt: skip
+    }
+    return {
+        "benchmark": "query",
+        "when": stamp(),
+        "machine": info,
+        "config": asdict(config),
+        "clip": clip.embedder_id,
+        "clip_load_s": load_s,
+        "n_prompts": len(prompts),
+        "prefix_cache": {"build_s": build_s, "mib": cache.nbytes / 2**20},
+        "targets": {"cold_ratio": COLD_RATIO_TARGET, "warm_ms": WARM_TARGET_MS, "cos": EXACT_COS},
+        "queries": rows,
+        "summary": summary,
+    }
 
 
 def _open_close(store: Any) -> None:
@@ -167,18 +191,45 @@ def _fill_store(store: Any, embedder: str, dim: int, n: int) -> None:
     """``n`` LoRAs with random directions in ``embedder`` space (only the ranking cost matters)."""
     rng = np.random.default_rng(0)
     store.bulk_insert_representations(
-        [f"bench:{i}" for i in range(n)], rng.standard_normal((n, dim)).astype(np.float32),
-        rng.uniform(1.0, 10.5, n), rng.uniform(0.0, 0.5, n), embedder=embedder, source="benchmark")  # fmt: skip
+        [f"bench:{i}" for i in range(n)],
+        rng.standard_normal((n, dim)).astype(np.float32),
+        rng.uniform(1.0, 10.5, n),
+        rng.uniform(0.0, 0.5, n),
+        embedder=embedder,
+        source="benchmark",
+    )
 
 
-_HEADERS = ("query", "tokens", "reference s", "cold s", "ratio", "positions ratio", "cos", "warm memory ms",
-            "warm search ms", "warm store ms")  # fmt: skip
+_HEADERS = (
+    "query",
+    "tokens",
+    "reference s",
+    "cold s",
+    "ratio",
+    "positions ratio",
+    "cos",
+    "warm memory ms",
+    "warm search ms",
+    "warm store ms",
+)
 
 
 def _rows(result: dict[str, Any]) -> list[list[Any]]:
-    return [[r["query"][:40], r["query_tokens"], r["reference_s"], r["cold_s"], f"{r['ratio']:.0f}x",
-             f"{r['position_ratio']:.0f}x", f"{r['cos_reference_vs_cold']:.7f}", r["warm_memory_ms"],
-             r["warm_search_ms"], r["warm_store_ms"]] for r in result["queries"]]  # fmt: skip
+    return [
+        [
+            r["query"][:40],
+            r["query_tokens"],
+            r["reference_s"],
+            r["cold_s"],
+            f"{r['ratio']:.0f}x",
+            f"{r['position_ratio']:.0f}x",
+            f"{r['cos_reference_vs_cold']:.7f}",
+            r["warm_memory_ms"],
+            r["warm_search_ms"],
+            r["warm_store_ms"],
+        ]
+        for r in result["queries"]
+    ]
 
 
 def _verdicts(result: dict[str, Any]) -> list[str]:
@@ -199,24 +250,33 @@ def _verdicts(result: dict[str, Any]) -> list[str]:
         "the reference runs 2 x 280 x 77 token positions, the cold path 280 x (t + 1) for a t-token query: "
         "'positions ratio' = 154 / (t + 1) bounds the speed-up of equally costly positions, so >= 20x "
         "needs queries of about 6 tokens or fewer",
-    ]  # fmt: skip
+    ]
 
 
 def query_bench_text(result: dict[str, Any]) -> str:
     pc = result["prefix_cache"]
-    head = [f"Query directions on CPU: {result['clip']}, {result['n_prompts']} query prompts "
-            f"(reference batch {result['config']['ref_batch']}); {machine_line(result['machine'])}",
-            f"prefix KV cache build (one-off per prompt set): {pc['build_s']:.2f} s, {pc['mib']:.1f} MiB",
-            ""]  # fmt: skip
+    head = [
+        f"Query directions on CPU: {result['clip']}, {result['n_prompts']} query prompts "
+        f"(reference batch {result['config']['ref_batch']}); {machine_line(result['machine'])}",
+        f"prefix KV cache build (one-off per prompt set): {pc['build_s']:.2f} s, {pc['mib']:.1f} MiB",
+        "",
+    ]
     return "\n".join(head + [text_table(_HEADERS, _rows(result)), ""] + _verdicts(result))
 
 
 def query_bench_markdown(result: dict[str, Any], command: str) -> str:
     pc = result["prefix_cache"]
-    lines = [f"### Query directions ({result['when']})", "", f"`{command}`", "",
-             f"{result['clip']} on CPU, {result['n_prompts']} query prompts; {machine_line(result['machine'])}. "
-             f"Prefix KV cache built once per prompt set in {pc['build_s']:.2f} s ({pc['mib']:.1f} MiB). "
-             "Reference = both prompt lists re-encoded per query, padded to 77 tokens. Both sides run "
-             "in one process, interleaved per query.", "",
-             markdown_table(_HEADERS, _rows(result)), ""] + [f"- {v}" for v in _verdicts(result)]  # fmt: skip
+    lines = [
+        f"### Query directions ({result['when']})",
+        "",
+        f"`{command}`",
+        "",
+        f"{result['clip']} on CPU, {result['n_prompts']} query prompts; {machine_line(result['machine'])}. "
+        f"Prefix KV cache built once per prompt set in {pc['build_s']:.2f} s ({pc['mib']:.1f} MiB). "
+        "Reference = both prompt lists re-encoded per query, padded to 77 tokens. Both sides run "
+        "in one process, interleaved per query.",
+        "",
+        markdown_table(_HEADERS, _rows(result)),
+        "",
+    ] + [f"- {v}" for v in _verdicts(result)]
     return "\n".join(lines)

@@ -91,8 +91,7 @@ def _stage_import(model: CorpusModel, db: str, n: int, seed: int) -> dict[str, A
     for b, (m, s, c) in enumerate(model.sample(n, seed=seed)):
         start = b * BLOCK_ROWS
         ids = [f"syn:{i:07d}" for i in range(start, start + len(m))]
-        store.bulk_insert_representations(ids, m, s, c, embedder=SYNTHETIC_EMBEDDER, source="synthetic",
-                                          protocol="synthetic")  # fmt: skip
+        store.bulk_insert_representations(ids, m, s, c, embedder=SYNTHETIC_EMBEDDER, source="synthetic", protocol="synthetic")
         if first is None:
             first = corpus_statistics(m, s, c)
     import_s = time.perf_counter() - t0
@@ -143,14 +142,27 @@ def _stage_serve(db: str, n_queries: int, top_k: int, exact_checks: int, model: 
         agree += same_top_k(rows, scores, r2, s2)
     peak = probe.peak() - base
     raw = matrix.nbytes
-    return {"n": len(ids), "load_s": load_s, "index_build_s": build_s, "kernel": index.kernel,
-            "topk": percentiles(times), "topk_default_threads": percentiles(times_default),
-            "default_threads": default_threads, "candidates_p50": float(np.median(cands)),
-            "eligible": int(index.filter_mask(thresholds).sum()), "float32_scan": percentiles(scan_times),
-            "exact_agree": agree, "exact_checked": min(exact_checks, len(answers)),
-            "raw_bytes": raw, "index_extra_bytes": index.nbytes, "rss_after_load_bytes": after_load,
-            "steady_bytes": MemoryProbe.rss() - base, "peak_bytes": peak, "peak_over_raw": peak / raw,
-            "memory_method": probe.method}  # fmt: skip
+    return {
+        "n": len(ids),
+        "load_s": load_s,
+        "index_build_s": build_s,
+        "kernel": index.kernel,
+        "topk": percentiles(times),
+        "topk_default_threads": percentiles(times_default),
+        "default_threads": default_threads,
+        "candidates_p50": float(np.median(cands)),
+        "eligible": int(index.filter_mask(thresholds).sum()),
+        "float32_scan": percentiles(scan_times),
+        "exact_agree": agree,
+        "exact_checked": min(exact_checks, len(answers)),
+        "raw_bytes": raw,
+        "index_extra_bytes": index.nbytes,
+        "rss_after_load_bytes": after_load,
+        "steady_bytes": MemoryProbe.rss() - base,
+        "peak_bytes": peak,
+        "peak_over_raw": peak / raw,
+        "memory_method": probe.method,
+    }
 
 
 def _stage_library(db: str, n_queries: int, top_k: int, model: CorpusModel, seed: int) -> dict[str, Any]:
@@ -179,8 +191,14 @@ def _stage_library(db: str, n_queries: int, top_k: int, model: CorpusModel, seed
         by_direction(view, q, thresholds=Thresholds(), top_k=top_k)
         times.append(time.perf_counter() - t)
     peak = probe.peak() - base
-    return {"load_view_s": load_s, "index_build_s": index_s, "kernel": kernel, "by_direction": percentiles(times),
-            "peak_bytes": peak, "peak_over_raw": peak / view.matrix.nbytes}  # fmt: skip
+    return {
+        "load_view_s": load_s,
+        "index_build_s": index_s,
+        "kernel": kernel,
+        "by_direction": percentiles(times),
+        "peak_bytes": peak,
+        "peak_over_raw": peak / view.matrix.nbytes,
+    }
 
 
 def _stage_umap(db: str, sample: int, seed: int) -> dict[str, Any]:
@@ -199,8 +217,13 @@ def _stage_umap(db: str, sample: int, seed: int) -> dict[str, Any]:
     for a in range(0, len(rest), 50_000):
         model.transform(matrix[rest[a : a + 50_000]])
     transform_s = time.perf_counter() - t1
-    return {"fit_points": len(fit_rows), "fit_s": fit_s, "transform_points": int(len(rest)),
-            "transform_s": transform_s, "total_s": fit_s + transform_s}  # fmt: skip
+    return {
+        "fit_points": len(fit_rows),
+        "fit_s": fit_s,
+        "transform_points": int(len(rest)),
+        "transform_s": transform_s,
+        "total_s": fit_s + transform_s,
+    }
 
 
 @contextlib.contextmanager
@@ -230,8 +253,9 @@ def _call(isolate: bool, fn: Callable[..., dict], *args: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ driver
-def run_scale_bench(config: ScaleBenchConfig | None = None, *, store: Any = None,
-                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_scale_bench(
+    config: ScaleBenchConfig | None = None, *, store: Any = None, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Every stage for every size; returns a JSON-ready dict."""
     config = config or ScaleBenchConfig()
     info = machine_info()
@@ -248,12 +272,15 @@ def run_scale_bench(config: ScaleBenchConfig | None = None, *, store: Any = None
                 p.unlink()
             row: dict[str, Any] = {"n": n}
             row["import"] = _call(config.isolate, _stage_import, model, db, n, config.seed)
-            row["serve"] = _call(config.isolate, _stage_serve, db, config.queries, config.top_k,
-                                 config.exact_checks, model, config.seed)  # fmt: skip
-            row["library"] = (_call(config.isolate, _stage_library, db, min(config.queries, 20), config.top_k,
-                                    model, config.seed) if n <= config.library_max else None)  # fmt: skip
-            row["umap"] = (_call(config.isolate, _stage_umap, db, config.umap_sample, config.seed)
-                           if config.umap_min <= n <= config.umap_max else None)  # fmt: skip
+            row["serve"] = _call(config.isolate, _stage_serve, db, config.queries, config.top_k, config.exact_checks, model, config.seed)
+            row["library"] = (
+                _call(config.isolate, _stage_library, db, min(config.queries, 20), config.top_k, model, config.seed)
+                if n <= config.library_max
+                else None
+            )
+            row["umap"] = (
+                _call(config.isolate, _stage_umap, db, config.umap_sample, config.seed) if config.umap_min <= n <= config.umap_max else None
+            )
             rows.append(row)
             if not config.keep:
                 for p in root.glob(f"synthetic-{n}.duckdb*"):
@@ -263,64 +290,118 @@ def run_scale_bench(config: ScaleBenchConfig | None = None, *, store: Any = None
     finally:
         if not config.keep and not config.workdir:
             shutil.rmtree(root, ignore_errors=True)
-    return {"benchmark": "scale", "when": stamp(), "machine": info, "config": asdict(config),
-            "model": {"source": source, "rank": int(model.components.shape[0]), "real": real_stats},
-            "targets": {"p50_ms_at_1M": P50_TARGET_MS, "peak_over_raw": MEMORY_TARGET},
-            "sizes": rows}  # fmt: skip
+    return {
+        "benchmark": "scale",
+        "when": stamp(),
+        "machine": info,
+        "config": asdict(config),
+        "model": {"source": source, "rank": int(model.components.shape[0]), "real": real_stats},
+        "targets": {"p50_ms_at_1M": P50_TARGET_MS, "peak_over_raw": MEMORY_TARGET},
+        "sizes": rows,
+    }
 
 
-_HEADERS = ("LoRAs", "import s", "store MiB", "load s", "index s", "top-k p50 ms", "p95 ms",
-            "p50 ms, all threads", "exact",
-            "fp32 scan p50 ms", "peak MiB", "peak / raw", "load_view s", "view index s", "by_direction p50 ms",
-            "by_direction p95 ms", "load_view peak / raw", "UMAP fit s", "UMAP transform s")  # fmt: skip
+_HEADERS = (
+    "LoRAs",
+    "import s",
+    "store MiB",
+    "load s",
+    "index s",
+    "top-k p50 ms",
+    "p95 ms",
+    "p50 ms, all threads",
+    "exact",
+    "fp32 scan p50 ms",
+    "peak MiB",
+    "peak / raw",
+    "load_view s",
+    "view index s",
+    "by_direction p50 ms",
+    "by_direction p95 ms",
+    "load_view peak / raw",
+    "UMAP fit s",
+    "UMAP transform s",
+)
 
 
 def _rows(result: dict[str, Any]) -> list[list[Any]]:
     out = []
     for r in result["sizes"]:
         sv, lib, um = r["serve"], r["library"] or {}, r["umap"] or {}
-        out.append([f"{r['n']:,}", r["import"]["import_s"], r["import"]["store_bytes"] / 2**20, sv["load_s"],
-                    sv["index_build_s"], sv["topk"]["p50_ms"], sv["topk"]["p95_ms"],
-                    sv["topk_default_threads"]["p50_ms"],
-                    f"{sv['exact_agree']}/{sv['exact_checked']}", sv["float32_scan"]["p50_ms"],
-                    sv["peak_bytes"] / 2**20, f"{sv['peak_over_raw']:.2f}x", lib.get("load_view_s"),
-                    lib.get("index_build_s"), (lib.get("by_direction") or {}).get("p50_ms"),
-                    (lib.get("by_direction") or {}).get("p95_ms"),
-                    f"{lib['peak_over_raw']:.2f}x" if lib else None,
-                    um.get("fit_s"), um.get("transform_s")])  # fmt: skip
+        out.append(
+            [
+                f"{r['n']:,}",
+                r["import"]["import_s"],
+                r["import"]["store_bytes"] / 2**20,
+                sv["load_s"],
+                sv["index_build_s"],
+                sv["topk"]["p50_ms"],
+                sv["topk"]["p95_ms"],
+                sv["topk_default_threads"]["p50_ms"],
+                f"{sv['exact_agree']}/{sv['exact_checked']}",
+                sv["float32_scan"]["p50_ms"],
+                sv["peak_bytes"] / 2**20,
+                f"{sv['peak_over_raw']:.2f}x",
+                lib.get("load_view_s"),
+                lib.get("index_build_s"),
+                (lib.get("by_direction") or {}).get("p50_ms"),
+                (lib.get("by_direction") or {}).get("p95_ms"),
+                f"{lib['peak_over_raw']:.2f}x" if lib else None,
+                um.get("fit_s"),
+                um.get("transform_s"),
+            ]
+        )
     return out
 
 
 def _notes(result: dict[str, Any]) -> list[str]:
     cfg, real = result["config"], result["model"]["real"]
-    notes = [f"synthetic model: low-rank ({result['model']['rank']} axes) + diagonal Gaussian of unit directions "
-             f"fitted on the {real['n']} released directions ({result['model']['source']}); (Strength, "
-             "Consistency, norm ratio) resampled from real rows with 5% log-normal jitter"]  # fmt: skip
+    notes = [
+        f"synthetic model: low-rank ({result['model']['rank']} axes) + diagonal Gaussian of unit directions "
+        f"fitted on the {real['n']} released directions ({result['model']['source']}); (Strength, "
+        "Consistency, norm ratio) resampled from real rows with 5% log-normal jitter"
+    ]
     first = result["sizes"][0]["import"]["stats_first_block"]
-    keys = ("mean_norm", "mean_pairwise_cos", "std_pairwise_cos", "var_top16_pcs", "corr_strength_consistency",
-            "corr_norm_strength", "share_over_strength", "share_under_consistency")  # fmt: skip
+    keys = (
+        "mean_norm",
+        "mean_pairwise_cos",
+        "std_pairwise_cos",
+        "var_top16_pcs",
+        "corr_strength_consistency",
+        "corr_norm_strength",
+        "share_over_strength",
+        "share_under_consistency",
+    )
     notes.append("real vs synthetic: " + ", ".join(f"{k} {real[k]:.3f}/{first[k]:.3f}" for k in keys))
     for r in result["sizes"]:
         sv = r["serve"]
-        notes.append(f"{r['n']:,}: kernel {sv['kernel']} (1 torch thread; 'all threads' = "
-                     f"{sv['default_threads']}), {sv['eligible']:,} LoRAs pass the filters, "
-                     f"{sv['candidates_p50']:.0f} rows re-scored in float32 per query (p50); memory via "
-                     f"{sv['memory_method']}; raw vectors {sv['raw_bytes'] / 2**20:.0f} MiB")  # fmt: skip
+        notes.append(
+            f"{r['n']:,}: kernel {sv['kernel']} (1 torch thread; 'all threads' = "
+            f"{sv['default_threads']}), {sv['eligible']:,} LoRAs pass the filters, "
+            f"{sv['candidates_p50']:.0f} rows re-scored in float32 per query (p50); memory via "
+            f"{sv['memory_method']}; raw vectors {sv['raw_bytes'] / 2**20:.0f} MiB"
+        )
         if r["umap"]:
             u = r["umap"]
-            notes.append(f"{r['n']:,}: UMAP fitted on {u['fit_points']:,} points, {u['transform_points']:,} "
-                         f"transformed; {u['total_s'] / 60:.1f} min in all")  # fmt: skip
+            notes.append(
+                f"{r['n']:,}: UMAP fitted on {u['fit_points']:,} points, {u['transform_points']:,} "
+                f"transformed; {u['total_s'] / 60:.1f} min in all"
+            )
     big = [r for r in result["sizes"] if r["n"] >= 1_000_000]
     for r in big:
         sv = r["serve"]
-        notes.append(f"targets at {r['n']:,}: top-k p50 {sv['topk']['p50_ms']:.0f} ms (< {P50_TARGET_MS:.0f}: "
-                     f"{'met' if sv['topk']['p50_ms'] < P50_TARGET_MS else 'NOT met'}), peak memory "
-                     f"{sv['peak_over_raw']:.2f}x raw (< {MEMORY_TARGET}: "
-                     f"{'met' if sv['peak_over_raw'] < MEMORY_TARGET else 'NOT met'})")  # fmt: skip
+        notes.append(
+            f"targets at {r['n']:,}: top-k p50 {sv['topk']['p50_ms']:.0f} ms (< {P50_TARGET_MS:.0f}: "
+            f"{'met' if sv['topk']['p50_ms'] < P50_TARGET_MS else 'NOT met'}), peak memory "
+            f"{sv['peak_over_raw']:.2f}x raw (< {MEMORY_TARGET}: "
+            f"{'met' if sv['peak_over_raw'] < MEMORY_TARGET else 'NOT met'})"
+        )
     if not big:
         notes.append("no 1M run in this invocation: the 1M targets are not assessed")
-    notes.append(f"library path (load_view + by_direction) measured up to {cfg['library_max']:,} LoRAs; UMAP "
-                 f"for {cfg['umap_min']:,} to {cfg['umap_max']:,}")  # fmt: skip
+    notes.append(
+        f"library path (load_view + by_direction) measured up to {cfg['library_max']:,} LoRAs; UMAP "
+        f"for {cfg['umap_min']:,} to {cfg['umap_max']:,}"
+    )
     return notes
 
 
@@ -330,6 +411,14 @@ def scale_bench_text(result: dict[str, Any]) -> str:
 
 
 def scale_bench_markdown(result: dict[str, Any], command: str) -> str:
-    lines = [f"### Scale ({result['when']})", "", f"`{command}`", "", f"{machine_line(result['machine'])}.", "",
-             markdown_table(_HEADERS, _rows(result)), ""] + [f"- {n}" for n in _notes(result)]  # fmt: skip
+    lines = [
+        f"### Scale ({result['when']})",
+        "",
+        f"`{command}`",
+        "",
+        f"{machine_line(result['machine'])}.",
+        "",
+        markdown_table(_HEADERS, _rows(result)),
+        "",
+    ] + [f"- {n}" for n in _notes(result)]
     return "\n".join(lines)

@@ -62,10 +62,11 @@ def clip_weights(embedder: str = CORPUS_EMBEDDER, checkpoint: str | None = None)
         return Capability(name, False, str(e))
     if path is None:
         return Capability(
-            name, False,
+            name,
+            False,
             f"not found offline: put {spec.hf_filenames[0]} of the Hugging Face repo {spec.hf_repo} "
             "in the Hugging Face cache, or set CARLOS_CLIP_CHECKPOINT to the file",
-        )  # fmt: skip
+        )
     return Capability(name, True, str(path))
 
 
@@ -122,16 +123,18 @@ def detect(embedder: str = CORPUS_EMBEDDER) -> Capabilities:
     text = text_model()
     retrievers = {
         "carlos": Capability(
-            RETRIEVERS["carlos"], clip.available,
+            RETRIEVERS["carlos"],
+            clip.available,
             "ready" if clip.available else f"needs the CLIP weights: {clip.detail}",
         ),
         "behaviour": Capability(RETRIEVERS["behaviour"], True, "stored directions only; no weights"),
         "bm25": Capability(RETRIEVERS["bm25"], True, "pure Python; always available"),
         "text-embedding": Capability(
-            RETRIEVERS["text-embedding"], text.available,
+            RETRIEVERS["text-embedding"],
+            text.available,
             "ready" if text.available else text.detail,
         ),
-    }  # fmt: skip
+    }
     return Capabilities(clip_weights=clip, gpu=gpu(), text_model=text, retrievers=retrievers)
 
 

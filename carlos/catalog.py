@@ -50,9 +50,7 @@ class CorpusView:
         try:
             return self._rows[lora_id]
         except KeyError:
-            raise NotFoundError(
-                f"{lora_id} has no representation in the {self.embedder} space"
-            ) from None
+            raise NotFoundError(f"{lora_id} has no representation in the {self.embedder} space") from None
 
     @functools.cached_property
     def _quality(self) -> dict[str, np.ndarray]:
@@ -67,14 +65,12 @@ class CorpusView:
         """(Strength, Consistency) percentile of every row within this space."""
         from carlos.risk import percentile_rank
 
-        return (percentile_rank(self.frame["strength"]).to_numpy(),
-                percentile_rank(self.frame["consistency"]).to_numpy())  # fmt: skip
+        return (percentile_rank(self.frame["strength"]).to_numpy(), percentile_rank(self.frame["consistency"]).to_numpy())
 
     @functools.cached_property
     def values(self) -> tuple[np.ndarray, np.ndarray]:
         """(Strength, Consistency) as float64 arrays, rows aligned with ``matrix``."""
-        return (self.frame["strength"].to_numpy(dtype=np.float64),
-                self.frame["consistency"].to_numpy(dtype=np.float64))  # fmt: skip
+        return (self.frame["strength"].to_numpy(dtype=np.float64), self.frame["consistency"].to_numpy(dtype=np.float64))
 
     @functools.cached_property
     def index(self) -> DirectionIndex:

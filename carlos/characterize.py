@@ -45,14 +45,11 @@ class Protocol:
 PROTOCOLS = {
     p.name: p
     for p in (
-        Protocol("paper", "paper", 16, 25, 1024,
-                 "the paper's protocol: 280 prompts x 16 seeds, 25 steps, 1024², scale 1.0"),
-        Protocol("quick", "quick", 2, 25, 1024,
-                 "on-demand: 1 prompt per subcategory (35) x 2 seeds = 70 pairs, 25 steps, 1024²"),
-        Protocol("smoke", "smoke", 2, None, None,
-                 "tests and demos: 2 prompts x 2 seeds = 4 pairs at the backend's defaults"),
+        Protocol("paper", "paper", 16, 25, 1024, "the paper's protocol: 280 prompts x 16 seeds, 25 steps, 1024², scale 1.0"),
+        Protocol("quick", "quick", 2, 25, 1024, "on-demand: 1 prompt per subcategory (35) x 2 seeds = 70 pairs, 25 steps, 1024²"),
+        Protocol("smoke", "smoke", 2, None, None, "tests and demos: 2 prompts x 2 seeds = 4 pairs at the backend's defaults"),
     )
-}  # fmt: skip
+}
 
 #: Which CLIP model embeds the images of each diffusion backend.
 CLIP_FOR_BACKEND = {"tiny": "tiny", "sdxl": "ViT-B-32/openai", "sdxl-random": "ViT-B-32/random"}
@@ -62,9 +59,7 @@ def get_protocol(name: str) -> Protocol:
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise InvalidInputError(
-            f"unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}"
-        ) from None
+        raise InvalidInputError(f"unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}") from None
 
 
 @dataclass(frozen=True)
@@ -114,8 +109,7 @@ class CharacterizerStats:
 class Characterizer:
     """Runs jobs on one loaded diffusion backend and CLIP model (no reload per LoRA)."""
 
-    def __init__(self, store: Store, backend: Any, clip: Any, *, chunk_pairs: int = 8,
-                 thumbnails: int = 4) -> None:  # fmt: skip
+    def __init__(self, store: Store, backend: Any, clip: Any, *, chunk_pairs: int = 8, thumbnails: int = 4) -> None:
         if chunk_pairs < 1:
             raise InvalidInputError("chunk_pairs must be >= 1")
         self.store = store
@@ -140,8 +134,7 @@ class Characterizer:
         missing = [p for p in pairs if (p.prompt, p.seed) not in have]
         if missing:
             t = time.perf_counter()
-            images = self.backend.generate([p.prompt for p in missing], [p.seed for p in missing],
-                                           base=True)  # fmt: skip
+            images = self.backend.generate([p.prompt for p in missing], [p.seed for p in missing], base=True)
             t2 = time.perf_counter()
             feats = self.clip.image_features(images)
             t3 = time.perf_counter()
@@ -156,8 +149,9 @@ class Characterizer:
             self.stats.seconds["store"] += time.perf_counter() - t3
         return have
 
-    def run_job(self, job: dict[str, Any], *, progress: Progress | None = None,
-                should_continue: Callable[[], bool] | None = None) -> Representation | None:  # fmt: skip
+    def run_job(
+        self, job: dict[str, Any], *, progress: Progress | None = None, should_continue: Callable[[], bool] | None = None
+    ) -> Representation | None:
         """Generate the missing pairs of ``job`` and, when complete, store its representation.
 
         Returns None when ``should_continue`` asked to stop (cancelled) before the end.
@@ -181,18 +175,26 @@ class Characterizer:
                 chunk = todo[start : start + self.chunk_pairs]
                 base = self._base_embeddings(chunk)
                 t = time.perf_counter()
-                images = self.backend.generate([lora_prompt(p.prompt, trigger) for p in chunk],
-                                               [p.seed for p in chunk])  # fmt: skip
+                images = self.backend.generate([lora_prompt(p.prompt, trigger) for p in chunk], [p.seed for p in chunk])
                 t2 = time.perf_counter()
                 feats = self.clip.image_features(images)
                 t3 = time.perf_counter()
                 self.stats.lora_generated += len(chunk)
-                rows = [{"pair_index": p.index, "prompt": p.prompt, "category": p.category,
-                         "seed": p.seed, "diff": f.astype(np.float64) - base[(p.prompt, p.seed)]}
-                        for p, f in zip(chunk, feats)]  # fmt: skip
-                thumbs = [(p.index, self.store.base_thumbnail(self.base_key(), p.prompt, p.seed),
-                           png_thumbnail(img))
-                          for p, img in zip(chunk, images) if p.index < self.thumbnails]  # fmt: skip
+                rows = [
+                    {
+                        "pair_index": p.index,
+                        "prompt": p.prompt,
+                        "category": p.category,
+                        "seed": p.seed,
+                        "diff": f.astype(np.float64) - base[(p.prompt, p.seed)],
+                    }
+                    for p, f in zip(chunk, feats)
+                ]
+                thumbs = [
+                    (p.index, self.store.base_thumbnail(self.base_key(), p.prompt, p.seed), png_thumbnail(img))
+                    for p, img in zip(chunk, images)
+                    if p.index < self.thumbnails
+                ]
                 with self.store.transaction():
                     n_done = self.store.add_pair_results(job_id, rows)
                     if thumbs:
@@ -204,8 +206,7 @@ class Characterizer:
                     progress(n_done, len(pairs))
         return self.finish(job, subset, protocol, trigger)
 
-    def finish(self, job: dict[str, Any], subset: Any, protocol: Protocol,
-               trigger: str | None) -> Representation:  # fmt: skip
+    def finish(self, job: dict[str, Any], subset: Any, protocol: Protocol, trigger: str | None) -> Representation:
         """Summarise the stored diffs with the numpy core and store the representation."""
         job_id = int(job["job_id"])
         meta, diffs = self.store.pair_diffs(job_id)
@@ -215,15 +216,29 @@ class Characterizer:
         rep = summarize(diffs)
         settings = self.backend.settings_dict()
         self.store.put_representation(
-            job["lora_id"], self.clip.embedder_id, rep.direction, rep.strength, rep.consistency,
+            job["lora_id"],
+            self.clip.embedder_id,
+            rep.direction,
+            rep.strength,
+            rep.consistency,
             rep.n,
-            {"protocol": protocol.name, "prompt_set": subset.id, "prompt_hash": subset.content_hash,
-             "seeds": list(range(protocol.seeds_per_prompt)), "steps": settings.get("steps"),
-             "scale": settings.get("lora_scale"), "backend": self.backend.backend_id,
-             "source": "characterized", "source_hash": (job.get("options") or {}).get("sha256"),
-             "code_version": f"carlos-dashboard {__version__}", "job_id": job_id,
-             "trigger": trigger, "settings": settings, "clip_weights": getattr(self.clip, "weights_source", None)},
-        )  # fmt: skip
+            {
+                "protocol": protocol.name,
+                "prompt_set": subset.id,
+                "prompt_hash": subset.content_hash,
+                "seeds": list(range(protocol.seeds_per_prompt)),
+                "steps": settings.get("steps"),
+                "scale": settings.get("lora_scale"),
+                "backend": self.backend.backend_id,
+                "source": "characterized",
+                "source_hash": (job.get("options") or {}).get("sha256"),
+                "code_version": f"carlos-dashboard {__version__}",
+                "job_id": job_id,
+                "trigger": trigger,
+                "settings": settings,
+                "clip_weights": getattr(self.clip, "weights_source", None),
+            },
+        )
         self.store.set_job_status(job_id, "finished")
         return rep
 

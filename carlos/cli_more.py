@@ -13,9 +13,14 @@ from carlos.errors import WeightsUnavailableError
 def _search(args: argparse.Namespace) -> int:
     from carlos.retrieval import RETRIEVERS, SearchConfig, SearchService
 
-    config = SearchConfig(retriever=args.retriever, top_k=args.top_k,
-                          thresholds=thresholds_from(args), clip_model=args.clip_model,
-                          clip_checkpoint=args.clip_checkpoint, text_model=args.text_model)  # fmt: skip
+    config = SearchConfig(
+        retriever=args.retriever,
+        top_k=args.top_k,
+        thresholds=thresholds_from(args),
+        clip_model=args.clip_model,
+        clip_checkpoint=args.clip_checkpoint,
+        text_model=args.text_model,
+    )
     service = SearchService(open_store(args))
     try:
         result = service.search(args.query, config)
@@ -35,9 +40,13 @@ def _register_search(sub: Any) -> None:
 
     p = sub.add_parser("search", help="find LoRAs that do what the query says")
     p.add_argument("query", help="what the LoRA should do, e.g. 'pixel art' or 'snowy winter scene'")
-    p.add_argument("--retriever", choices=RETRIEVERS, default="carlos",
-                   help="carlos: CLIP query direction (needs ViT-B-32 weights); behaviour: "
-                   "text-seeded behaviour search; bm25 / text-embedding: textual baselines")  # fmt: skip
+    p.add_argument(
+        "--retriever",
+        choices=RETRIEVERS,
+        default="carlos",
+        help="carlos: CLIP query direction (needs ViT-B-32 weights); behaviour: "
+        "text-seeded behaviour search; bm25 / text-embedding: textual baselines",
+    )
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--clip-model", default="ViT-B-32/openai", help="CLIP registry name")
     p.add_argument("--clip-checkpoint", help="path to the CLIP weights file")
@@ -67,11 +76,11 @@ def _characterize(args: argparse.Namespace) -> int:
     from carlos import jobs
 
     store = open_store(args)
-    sub = jobs.submit(store, Path(args.file), backend=args.backend, protocol=args.profile,
-                      trigger=args.trigger, requested_by="cli")  # fmt: skip
+    sub = jobs.submit(store, Path(args.file), backend=args.backend, protocol=args.profile, trigger=args.trigger, requested_by="cli")
     if args.backend == "tiny":
-        print("note: the tiny backend has random weights; its numbers demonstrate the flow and "
-              "mean nothing about the LoRA", file=sys.stderr)  # fmt: skip
+        print(
+            "note: the tiny backend has random weights; its numbers demonstrate the flow and mean nothing about the LoRA", file=sys.stderr
+        )
     job = store.get_job(sub.job_id)
     if job["status"] != "finished":
         bar, update = _progress_bar(f"job {sub.job_id}")
@@ -83,14 +92,24 @@ def _characterize(args: argparse.Namespace) -> int:
         from carlos.errors import CarlosError
 
         raise CarlosError(f"job {sub.job_id} {job['status']}: {job['error'] or 'see the worker log'}")
-    rep = next(r for r in store.representations_of(sub.lora_id)
-               if r.provenance.get("job_id") == sub.job_id)  # fmt: skip
-    out = {"job_id": sub.job_id, "lora_id": sub.lora_id, "embedder": rep.embedder,
-           "strength": rep.strength, "consistency": rep.consistency, "n_samples": rep.n_samples,
-           "provenance": rep.provenance, "file": sub.report.to_dict(),
-           "reused_existing_job": sub.duplicate_of_job is not None}  # fmt: skip
-    _emit(args, out, f"{sub.lora_id} [{rep.embedder}]: Strength {rep.strength:.4f}, "
-          f"Consistency {rep.consistency:.4f} over {rep.n_samples} pairs (job {sub.job_id})")  # fmt: skip
+    rep = next(r for r in store.representations_of(sub.lora_id) if r.provenance.get("job_id") == sub.job_id)
+    out = {
+        "job_id": sub.job_id,
+        "lora_id": sub.lora_id,
+        "embedder": rep.embedder,
+        "strength": rep.strength,
+        "consistency": rep.consistency,
+        "n_samples": rep.n_samples,
+        "provenance": rep.provenance,
+        "file": sub.report.to_dict(),
+        "reused_existing_job": sub.duplicate_of_job is not None,
+    }
+    _emit(
+        args,
+        out,
+        f"{sub.lora_id} [{rep.embedder}]: Strength {rep.strength:.4f}, "
+        f"Consistency {rep.consistency:.4f} over {rep.n_samples} pairs (job {sub.job_id})",
+    )
     return 0
 
 
@@ -129,10 +148,15 @@ def _register_characterize(sub: Any) -> None:
 
     p = sub.add_parser("characterize", help="characterize one .safetensors LoRA in the foreground")
     p.add_argument("file", help="the LoRA (.safetensors only)")
-    p.add_argument("--backend", choices=list(CLIP_FOR_BACKEND), default="tiny",
-                   help="tiny: local random-weight demo pipeline; sdxl: real SDXL base 1.0")
-    p.add_argument("--profile", choices=list(PROTOCOLS), default="smoke",
-                   help="; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items()))
+    p.add_argument(
+        "--backend",
+        choices=list(CLIP_FOR_BACKEND),
+        default="tiny",
+        help="tiny: local random-weight demo pipeline; sdxl: real SDXL base 1.0",
+    )
+    p.add_argument(
+        "--profile", choices=list(PROTOCOLS), default="smoke", help="; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items())
+    )
     p.add_argument("--trigger", help="trigger words appended to the LoRA prompts")
     add_json(p)
     p.set_defaults(func=_characterize)
@@ -140,10 +164,8 @@ def _register_characterize(sub: Any) -> None:
     p = sub.add_parser("worker", help="process queued characterization jobs")
     p.add_argument("--once", action="store_true", help="exit when the queue is empty")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between queue polls")
-    p.add_argument("--stale-after", type=float, default=120.0,
-                   help="take over running jobs without a heartbeat for this many seconds")
-    p.add_argument("--chunk-pairs", type=int, default=8,
-                   help="pairs generated and stored together (smaller: finer resume)")
+    p.add_argument("--stale-after", type=float, default=120.0, help="take over running jobs without a heartbeat for this many seconds")
+    p.add_argument("--chunk-pairs", type=int, default=8, help="pairs generated and stored together (smaller: finer resume)")
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("jobs", help="list or cancel characterization jobs")

@@ -57,8 +57,9 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
         rows = list(csv.reader([ln for _, ln in lines]))
         header = [h.strip().lower() for h in rows[0]]
         if "path" not in header:
-            raise InvalidInputError(f"{path.name}: the CSV needs a header row with a 'path' column "
-                                    f"(and optionally 'trigger', 'name'); got {rows[0]}")  # fmt: skip
+            raise InvalidInputError(
+                f"{path.name}: the CSV needs a header row with a 'path' column (and optionally 'trigger', 'name'); got {rows[0]}"
+            )
         for (i, _), row in zip(lines[1:], rows[1:]):
             records.append((i, {h: v for h, v in zip(header, row)}))
     entries = []
@@ -109,9 +110,13 @@ def _run_ray(args: argparse.Namespace, store: Any, job_ids: list[int], update: A
     from carlos.distributed import characterize_on_ray
     from carlos.distributed_tasks import RayConfig
 
-    config = RayConfig(actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                       use_gpus=False if args.no_gpus else None, chunk_pairs=args.chunk_pairs,
-                       stale_after_s=args.stale_after)  # fmt: skip
+    config = RayConfig(
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        use_gpus=False if args.no_gpus else None,
+        chunk_pairs=args.chunk_pairs,
+        stale_after_s=args.stale_after,
+    )
     started = not ray.is_initialized()  # an already connected session (tests, notebooks) is reused
     if started:
         quiet = dict(logging_level=logging.WARNING, log_to_driver=True)
@@ -123,8 +128,9 @@ def _run_ray(args: argparse.Namespace, store: Any, job_ids: list[int], update: A
                 ray.init(address=args.ray, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = "start a local Ray cluster" if args.ray == "local" else f"reach the Ray cluster at {args.ray}"
-            raise CarlosError(f"could not {where}: {err}; on the head node run `ray start --head`, "
-                              "then pass its address (host:6379) to --ray") from err  # fmt: skip
+            raise CarlosError(
+                f"could not {where}: {err}; on the head node run `ray start --head`, then pass its address (host:6379) to --ray"
+            ) from err
     try:
         return characterize_on_ray(store, job_ids, config=config, progress=update).to_dict()
     finally:
@@ -140,8 +146,15 @@ def _characterize_many(args: argparse.Namespace) -> int:
     submitted, rejected = [], []
     for e in entries:
         try:
-            sub = jobs.submit(store, e.path, backend=args.backend, protocol=args.protocol, trigger=e.trigger,
-                              name=e.name, requested_by="characterize-many")  # fmt: skip
+            sub = jobs.submit(
+                store,
+                e.path,
+                backend=args.backend,
+                protocol=args.protocol,
+                trigger=e.trigger,
+                name=e.name,
+                requested_by="characterize-many",
+            )
         except (CarlosError, OSError) as err:
             rejected.append({"line": e.line, "path": str(e.path), "error": str(err)})
             log.warning("manifest line %d (%s) rejected: %s", e.line, e.path.name, err)
@@ -149,8 +162,9 @@ def _characterize_many(args: argparse.Namespace) -> int:
         submitted.append((e, sub))
     job_ids = list(dict.fromkeys(sub.job_id for _, sub in submitted))
     if args.backend == "tiny":
-        print("note: the tiny backend has random weights; its numbers demonstrate the flow and "
-              "mean nothing about the LoRAs", file=sys.stderr)  # fmt: skip
+        print(
+            "note: the tiny backend has random weights; its numbers demonstrate the flow and mean nothing about the LoRAs", file=sys.stderr
+        )
     run: dict[str, Any] | None = None
     if job_ids and not args.submit_only:
         bar, update = _progress(args.no_progress)
@@ -167,17 +181,28 @@ def _characterize_many(args: argparse.Namespace) -> int:
     out = []
     for e, sub in submitted:
         job = store.get_job(sub.job_id)
-        row = {"line": e.line, "path": str(e.path), "lora_id": sub.lora_id, "job_id": sub.job_id,
-               "status": job["status"], "error": job["error"], "done": int(job["done"]),
-               "total": int(job["total"])}  # fmt: skip
+        row = {
+            "line": e.line,
+            "path": str(e.path),
+            "lora_id": sub.lora_id,
+            "job_id": sub.job_id,
+            "status": job["status"],
+            "error": job["error"],
+            "done": int(job["done"]),
+            "total": int(job["total"]),
+        }
         reps = store.representations_of(sub.lora_id)
         rep = next((r for r in reps if r.provenance.get("job_id") == sub.job_id), None)
         if rep is not None:
             row.update(strength=rep.strength, consistency=rep.consistency, embedder=rep.embedder)
         out.append(row)
-    lines = [f"{r['job_id']:>5}  {r['status']:9s} {r['done']}/{r['total']}  "
-             + (f"Str {r['strength']:.4f} Cons {r['consistency']:.4f}  " if "strength" in r else "")
-             + f"{Path(r['path']).name}" + (f"  ({r['error']})" if r["error"] else "") for r in out]  # fmt: skip
+    lines = [
+        f"{r['job_id']:>5}  {r['status']:9s} {r['done']}/{r['total']}  "
+        + (f"Str {r['strength']:.4f} Cons {r['consistency']:.4f}  " if "strength" in r else "")
+        + f"{Path(r['path']).name}"
+        + (f"  ({r['error']})" if r["error"] else "")
+        for r in out
+    ]
     lines += [f"  rejected line {r['line']} {r['path']}: {r['error']}" for r in rejected]
     finished = sum(r["status"] == "finished" for r in out)
     lines.append(f"{finished} of {len(entries)} LoRAs characterized, {len(rejected)} rejected")
@@ -189,23 +214,35 @@ def _characterize_many(args: argparse.Namespace) -> int:
 def _register_characterize_many(sub: Any) -> None:
     from carlos.characterize import CLIP_FOR_BACKEND, PROTOCOLS
 
-    p = sub.add_parser("characterize-many", help="characterize every LoRA of a manifest, on Ray (--ray) "
-                       "or in this process")  # fmt: skip
-    p.add_argument("manifest", help="CSV with a header (path[,trigger][,name]) or JSONL (one "
-                   '{"path": ..., "trigger": ..., "name": ...} per line); paths relative to the manifest')  # fmt: skip
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run on Ray: alone, start a local cluster; with an ADDRESS (head-host:6379, or auto "
-                   "on a node of the cluster) join that cluster. This process stays the only store writer")  # fmt: skip
+    p = sub.add_parser("characterize-many", help="characterize every LoRA of a manifest, on Ray (--ray) or in this process")
+    p.add_argument(
+        "manifest",
+        help="CSV with a header (path[,trigger][,name]) or JSONL (one "
+        '{"path": ..., "trigger": ..., "name": ...} per line); paths relative to the manifest',
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray: alone, start a local cluster; with an ADDRESS (head-host:6379, or auto "
+        "on a node of the cluster) join that cluster. This process stays the only store writer",
+    )
     p.add_argument("--backend", choices=list(CLIP_FOR_BACKEND), default="tiny")
-    p.add_argument("--protocol", "--profile", dest="protocol", choices=list(PROTOCOLS), default="smoke",
-                   help="; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items()))  # fmt: skip
+    p.add_argument(
+        "--protocol",
+        "--profile",
+        dest="protocol",
+        choices=list(PROTOCOLS),
+        default="smoke",
+        help="; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items()),
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs of a local cluster (default: all)")
     p.add_argument("--actors", type=int, help="Ray workers (default: one per GPU, else per --cpus-per-actor CPUs)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--no-gpus", action="store_true", help="CPU workers even if the cluster has GPUs")
     p.add_argument("--chunk-pairs", type=int, default=8, help="pairs per work item (smaller: finer resume)")
-    p.add_argument("--stale-after", type=float, default=120.0,
-                   help="take over jobs whose worker sent no heartbeat for this many seconds")  # fmt: skip
+    p.add_argument("--stale-after", type=float, default=120.0, help="take over jobs whose worker sent no heartbeat for this many seconds")
     p.add_argument("--submit-only", action="store_true", help="validate and queue; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json(p)

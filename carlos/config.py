@@ -59,9 +59,7 @@ class Thresholds:
         if self.strength_max is not None and strength > self.strength_max:
             reasons.append(f"too strong (Strength {strength:.2f} > {self.strength_max:g})")
         if self.consistency_min is not None and consistency < self.consistency_min:
-            reasons.append(
-                f"too unstable (Consistency {consistency:.3f} < {self.consistency_min:g})"
-            )
+            reasons.append(f"too unstable (Consistency {consistency:.3f} < {self.consistency_min:g})")
         return reasons
 
 

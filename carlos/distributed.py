@@ -84,8 +84,16 @@ class _Job:
 class _Driver:
     """The ray.wait loop: hands chunks to actors, writes what comes back, finishes jobs."""
 
-    def __init__(self, store: Store, slots: list[ActorSlot], jobs: list[dict[str, Any]], protocol: str,
-                 config: RayConfig, progress: Progress | None, report: RunReport) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        slots: list[ActorSlot],
+        jobs: list[dict[str, Any]],
+        protocol: str,
+        config: RayConfig,
+        progress: Progress | None,
+        report: RunReport,
+    ) -> None:
         self.store, self.slots, self.config, self.progress, self.report = store, slots, config, progress, report
         self.worker_id = config.worker_id or f"ray-driver@{socket.gethostname()}"
         self.protocol = get_protocol(protocol)
@@ -103,8 +111,11 @@ class _Driver:
         missing = [p for p in self.pairs if (p.prompt, p.seed) not in self.base]
         n = config.chunk_pairs
         self.base_pending = deque(_Chunk(None, missing[i : i + n]) for i in range(0, len(missing), n))
-        self.base_png = {p.index: store.base_thumbnail(self.base_key, p.prompt, p.seed)
-                         for p in self.pairs[: config.thumbnails] if (p.prompt, p.seed) in self.base}  # fmt: skip
+        self.base_png = {
+            p.index: store.base_thumbnail(self.base_key, p.prompt, p.seed)
+            for p in self.pairs[: config.thumbnails]
+            if (p.prompt, p.seed) in self.base
+        }
 
     # -- jobs ----------------------------------------------------------------------------------
     def _open(self, job_id: int) -> _Job | None:
@@ -272,8 +283,16 @@ class _Driver:
             self.held.setdefault(job_id, []).extend(it for it in items if (it[0].prompt, it[0].seed) not in self.base)
         if not ready:
             return
-        rows = [{"pair_index": p.index, "prompt": p.prompt, "category": p.category, "seed": p.seed,
-                 "diff": f.astype(np.float64) - self.base[(p.prompt, p.seed)]} for p, f, _ in ready]  # fmt: skip
+        rows = [
+            {
+                "pair_index": p.index,
+                "prompt": p.prompt,
+                "category": p.category,
+                "seed": p.seed,
+                "diff": f.astype(np.float64) - self.base[(p.prompt, p.seed)],
+            }
+            for p, f, _ in ready
+        ]
         thumbs = [(p.index, self.base_png.get(p.index), png) for p, _, png in ready if png is not None]
         with self.store.transaction():
             n_done = self.store.add_pair_results(job_id, rows)
@@ -321,9 +340,15 @@ class _Driver:
             self._close(state)
 
 
-def characterize_on_ray(store: Store, job_ids: list[int], *, config: RayConfig | None = None,
-                        progress: Progress | None = None, backend_factory: Callable | None = None,
-                        clip_factory: Callable | None = None) -> RunReport:  # fmt: skip
+def characterize_on_ray(
+    store: Store,
+    job_ids: list[int],
+    *,
+    config: RayConfig | None = None,
+    progress: Progress | None = None,
+    backend_factory: Callable | None = None,
+    clip_factory: Callable | None = None,
+) -> RunReport:
     """Run queued jobs (one backend and protocol) on the connected Ray cluster (``ray.init`` first).
 
     Finished jobs are skipped, stored pairs are not recomputed; stopping at any point (an

@@ -9,6 +9,7 @@ worker describes (:func:`driver_characterizer`). Ray ships :class:`ChunkWorker` 
 workers by reference, as ``carlos.distributed_tasks.ChunkWorker``: this module must
 stay importable on every node, and it never imports the driver.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,8 +59,9 @@ class RayConfig:
 class ChunkWorker:
     """Body of a Ray actor: one loaded pipeline + CLIP turning chunks into CLIP features."""
 
-    def __init__(self, backend: str, protocol: str, backend_factory: Callable | None,
-                 clip_factory: Callable | None, cpu_threads: int | None) -> None:  # fmt: skip
+    def __init__(
+        self, backend: str, protocol: str, backend_factory: Callable | None, clip_factory: Callable | None, cpu_threads: int | None
+    ) -> None:
         if cpu_threads:  # a CPU actor must not wander onto a GPU of its node that Ray gave another
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
         import torch
@@ -75,12 +77,17 @@ class ChunkWorker:
         self.active_sha: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"settings": self.backend.settings_dict(), "backend_id": self.backend.backend_id,
-                "embedder_id": self.clip.embedder_id, "weights_source": getattr(self.clip, "weights_source", None),
-                "where": f"{socket.gethostname()}:{os.getpid()}:{getattr(self.backend, 'device', '?')}"}  # fmt: skip
+        return {
+            "settings": self.backend.settings_dict(),
+            "backend_id": self.backend.backend_id,
+            "embedder_id": self.clip.embedder_id,
+            "weights_source": getattr(self.clip, "weights_source", None),
+            "where": f"{socket.gethostname()}:{os.getpid()}:{getattr(self.backend, 'device', '?')}",
+        }
 
-    def features(self, prompts: list[str], seeds: list[int], lora: tuple[str, list] | None,
-                 thumbs: list[bool]) -> tuple[np.ndarray, list[bytes | None], int]:  # fmt: skip
+    def features(
+        self, prompts: list[str], seeds: list[int], lora: tuple[str, list] | None, thumbs: list[bool]
+    ) -> tuple[np.ndarray, list[bytes | None], int]:
         """CLIP features of base images (``lora=None``) or of the LoRA's images, PNG
         thumbnails where asked, and this process's id (lets the driver count restarts)."""
         if lora is None:
@@ -151,8 +158,9 @@ def ray_error_reason(err: BaseException) -> str:
     return (lines[-1] if lines else type(err).__name__)[:500]
 
 
-def start_actors(config: RayConfig, backend: str, protocol: str, backend_factory: Callable | None = None,
-                 clip_factory: Callable | None = None) -> list[ActorSlot]:  # fmt: skip
+def start_actors(
+    config: RayConfig, backend: str, protocol: str, backend_factory: Callable | None = None, clip_factory: Callable | None = None
+) -> list[ActorSlot]:
     """Start the actors (each loads its pipeline), wait until they are ready, check they agree."""
     import ray
 
@@ -164,13 +172,17 @@ def start_actors(config: RayConfig, backend: str, protocol: str, backend_factory
     fit = gpus if use_gpu else int(cpus // config.cpus_per_actor)
     n = min(config.actors or fit, fit)
     if n < 1:
-        raise InvalidInputError(f"the Ray cluster ({cpus:g} CPUs, {gpus} GPUs) fits no actor of "
-                                f"{config.cpus_per_actor:g} CPUs{' + 1 GPU' if use_gpu else ''}")  # fmt: skip
+        raise InvalidInputError(
+            f"the Ray cluster ({cpus:g} CPUs, {gpus} GPUs) fits no actor of {config.cpus_per_actor:g} CPUs{' + 1 GPU' if use_gpu else ''}"
+        )
     if config.actors and config.actors > fit:
         log.warning("asked for %d actors; the cluster fits %d", config.actors, fit)
     remote = ray.remote(ChunkWorker).options(
-        num_cpus=config.cpus_per_actor, num_gpus=1 if use_gpu else 0,
-        max_restarts=config.max_restarts, max_task_retries=config.max_task_retries)  # fmt: skip
+        num_cpus=config.cpus_per_actor,
+        num_gpus=1 if use_gpu else 0,
+        max_restarts=config.max_restarts,
+        max_task_retries=config.max_task_retries,
+    )
     threads = None if use_gpu else max(1, int(config.cpus_per_actor))
     actors = [remote.remote(backend, protocol, backend_factory, clip_factory, threads) for _ in range(n)]
     slots, errors = [], []
@@ -187,9 +199,11 @@ def start_actors(config: RayConfig, backend: str, protocol: str, backend_factory
         raise CarlosError(f"no Ray worker could load the pipeline: {errors[0]}")
     if len({driver_characterizer(None, s.desc).base_key() for s in slots}) > 1:  # type: ignore[arg-type]
         stop_actors(slots)
-        raise CarlosError("the Ray workers would not make the same images (different weights, settings "
-                          f"or device types): {sorted((s.desc['where'], s.desc['backend_id']) for s in slots)}; "
-                          "use one kind of node per run (or --no-gpus)")  # fmt: skip
+        raise CarlosError(
+            "the Ray workers would not make the same images (different weights, settings "
+            f"or device types): {sorted((s.desc['where'], s.desc['backend_id']) for s in slots)}; "
+            "use one kind of node per run (or --no-gpus)"
+        )
     return slots
 
 

@@ -33,8 +33,11 @@ from carlos.relevance import RelevanceJudge, RelevanceReport, judged_relevance
 SPANS = (1, 3, 5, 10, 20)
 QUERIES_PATH = REPO_ROOT / "data" / "eval_queries.json"
 METRICS = ("normalized_entropy", "effective_lora_count", "distinct_loras")
-METRIC_LABELS = {"normalized_entropy": "Normalized Entropy", "effective_lora_count": "Effective LoRA Count",
-                 "distinct_loras": "Distinct LoRAs"}  # fmt: skip
+METRIC_LABELS = {
+    "normalized_entropy": "Normalized Entropy",
+    "effective_lora_count": "Effective LoRA Count",
+    "distinct_loras": "Distinct LoRAs",
+}
 Progress = Callable[[int, int], None]
 
 
@@ -59,8 +62,7 @@ class QuerySet:
         return dict(Counter(q.category for q in self.queries))
 
 
-def load_queries(path: str | Path | None = None, *, categories: Sequence[str] | None = None,
-                 limit: int | None = None) -> QuerySet:  # fmt: skip
+def load_queries(path: str | Path | None = None, *, categories: Sequence[str] | None = None, limit: int | None = None) -> QuerySet:
     """The evaluation queries (default ``data/eval_queries.json``), validated.
 
     ``limit`` keeps the first ``limit`` queries of every category (a quick, balanced subset).
@@ -145,9 +147,15 @@ def diversity(rankings: Sequence[Sequence[str]], k: int, pool_size: int) -> Dive
     h = entropy(counts)
     cap = min(int(pool_size), n)
     ne = h / math.log(cap) if cap > 1 else float("nan")
-    return Diversity(span=k, normalized_entropy=ne, effective_lora_count=math.exp(h) if n else 0.0,
-                     distinct_loras=len(counts), filled_slots=n, slots=len(rankings) * k,
-                     n_lists=len(rankings))  # fmt: skip
+    return Diversity(
+        span=k,
+        normalized_entropy=ne,
+        effective_lora_count=math.exp(h) if n else 0.0,
+        distinct_loras=len(counts),
+        filled_slots=n,
+        slots=len(rankings) * k,
+        n_lists=len(rankings),
+    )
 
 
 def normalized_entropy(rankings: Sequence[Sequence[str]], k: int, pool_size: int) -> float:
@@ -176,8 +184,7 @@ class EvalConfig:
         bad = [r for r in self.retrievers if r not in RETRIEVERS]
         if bad or not self.retrievers:
             raise InvalidInputError(f"unknown retrievers {bad}; choose from {', '.join(RETRIEVERS)}")
-        if not self.spans or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000
-                                 for k in self.spans):  # fmt: skip
+        if not self.spans or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000 for k in self.spans):
             raise InvalidInputError(f"spans must be integers between 1 and 1000, got {self.spans!r}")
 
     @property
@@ -218,25 +225,41 @@ class EvaluationReport:
             if rankings:
                 d["rankings"] = r.rankings
             runs[r.name] = d
-        return {"query_set": self.query_set, "spans": list(self.spans),
-                "thresholds": asdict(self.thresholds), "retrievers": runs,
-                "relevance": asdict(self.relevance), "seconds": self.seconds}  # fmt: skip
+        return {
+            "query_set": self.query_set,
+            "spans": list(self.spans),
+            "thresholds": asdict(self.thresholds),
+            "retrievers": runs,
+            "relevance": asdict(self.relevance),
+            "seconds": self.seconds,
+        }
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
-def _run_retriever(service: Any, name: str, queries: QuerySet, config: EvalConfig, k_max: int,
-                   progress: Progress | None, done: int, total: int) -> RetrieverRun:  # fmt: skip
+def _run_retriever(
+    service: Any, name: str, queries: QuerySet, config: EvalConfig, k_max: int, progress: Progress | None, done: int, total: int
+) -> RetrieverRun:
     from carlos.retrieval import LABELS, SearchConfig
 
-    status = {s.name: s for s in service.status(SearchConfig(clip_model=config.clip_model,
-              clip_checkpoint=config.clip_checkpoint, text_model=config.text_model))}[name]  # fmt: skip
+    status = {
+        s.name: s
+        for s in service.status(
+            SearchConfig(clip_model=config.clip_model, clip_checkpoint=config.clip_checkpoint, text_model=config.text_model)
+        )
+    }[name]
     if not status.available:
         return RetrieverRun(name, LABELS[name], False, status.reason)
-    sc = SearchConfig(retriever=name, top_k=k_max, thresholds=config.thresholds, clip_model=config.clip_model,
-                      clip_checkpoint=config.clip_checkpoint, text_model=config.text_model)  # fmt: skip
+    sc = SearchConfig(
+        retriever=name,
+        top_k=k_max,
+        thresholds=config.thresholds,
+        clip_model=config.clip_model,
+        clip_checkpoint=config.clip_checkpoint,
+        text_model=config.text_model,
+    )
     rankings: dict[str, list[str]] = {}
     notes: Counter = Counter()
     pool = 0
@@ -262,13 +285,18 @@ def _run_retriever(service: Any, name: str, queries: QuerySet, config: EvalConfi
     out_notes = [f"{n} (x{c})" for n, c in notes.items()]
     if empty:
         out_notes.append(f"{empty} of {len(lists)} queries returned no result")
-    return RetrieverRun(name, LABELS[name], True, status.reason, pool, time.perf_counter() - t0,
-                        rankings, metrics, by_cat, out_notes)  # fmt: skip
+    return RetrieverRun(name, LABELS[name], True, status.reason, pool, time.perf_counter() - t0, rankings, metrics, by_cat, out_notes)
 
 
-def evaluate(store: Any, queries: QuerySet, config: EvalConfig | None = None, *, service: Any = None,
-             judge: RelevanceJudge | str | None = "auto",
-             progress: Progress | None = None) -> EvaluationReport:  # fmt: skip
+def evaluate(
+    store: Any,
+    queries: QuerySet,
+    config: EvalConfig | None = None,
+    *,
+    service: Any = None,
+    judge: RelevanceJudge | str | None = "auto",
+    progress: Progress | None = None,
+) -> EvaluationReport:
     """Run every retriever of ``config`` over ``queries``; diversity per span and, when a
     judge is available (``judge="auto"``: the real one if its weights are here; an object;
     None: skip), the top-3 relevance protocol."""
@@ -281,14 +309,19 @@ def evaluate(store: Any, queries: QuerySet, config: EvalConfig | None = None, *,
     t0 = time.perf_counter()
     order = config.run_order
     total = len(order) * len(queries.queries)
-    runs = [_run_retriever(service, name, queries, config, max(config.spans), progress,
-                           i * len(queries.queries), total) for i, name in enumerate(order)]  # fmt: skip
+    runs = [
+        _run_retriever(service, name, queries, config, max(config.spans), progress, i * len(queries.queries), total)
+        for i, name in enumerate(order)
+    ]
     relevance = judged_relevance(store, runs, judge, config.judge_top)
     return EvaluationReport(
-        query_set={"id": queries.id, "n": len(queries.queries), "hash": queries.content_hash,
-                   "categories": queries.categories()},
-        spans=tuple(config.spans), thresholds=config.thresholds, runs=runs, relevance=relevance,
-        seconds=time.perf_counter() - t0)  # fmt: skip
+        query_set={"id": queries.id, "n": len(queries.queries), "hash": queries.content_hash, "categories": queries.categories()},
+        spans=tuple(config.spans),
+        thresholds=config.thresholds,
+        runs=runs,
+        relevance=relevance,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 # ---------------------------------------------------------------------------- frames and figures
@@ -305,10 +338,19 @@ def evaluation_frame(report: EvaluationReport | Mapping[str, Any]) -> pd.DataFra
             for span, m in per_span.items():
                 for metric in METRICS:
                     v = m[metric]
-                    rows.append({"retriever": name, "label": r["label"], "category": cat, "span": int(span),
-                                 "metric": metric, "value": float("nan") if v is None else float(v),
-                                 "filled_slots": m["filled_slots"], "slots": m["slots"],
-                                 "pool_size": r["pool_size"]})  # fmt: skip
+                    rows.append(
+                        {
+                            "retriever": name,
+                            "label": r["label"],
+                            "category": cat,
+                            "span": int(span),
+                            "metric": metric,
+                            "value": float("nan") if v is None else float(v),
+                            "filled_slots": m["filled_slots"],
+                            "slots": m["slots"],
+                            "pool_size": r["pool_size"],
+                        }
+                    )
     cols = ["retriever", "label", "category", "span", "metric", "value", "filled_slots", "slots", "pool_size"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -330,14 +372,25 @@ def diversity_figure(frame: pd.DataFrame, metric: str = "normalized_entropy", ca
     df = frame[(frame["metric"] == metric) & (frame["category"] == category)].sort_values("span")
     fig = go.Figure()
     for name, g in df.groupby("retriever", sort=False):
-        fig.add_trace(go.Scatter(x=g["span"], y=g["value"], mode="lines+markers", name=str(g["label"].iloc[0]),
-                                 customdata=g[["filled_slots", "slots"]].to_numpy(),
-                                 hovertemplate="k=%{x}: %{y:.3f}<br>%{customdata[0]} of %{customdata[1]} "
-                                 "slots filled<extra>" + str(name) + "</extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=g["span"],
+                y=g["value"],
+                mode="lines+markers",
+                name=str(g["label"].iloc[0]),
+                customdata=g[["filled_slots", "slots"]].to_numpy(),
+                hovertemplate="k=%{x}: %{y:.3f}<br>%{customdata[0]} of %{customdata[1]} slots filled<extra>" + str(name) + "</extra>",
+            )
+        )
     title = METRIC_LABELS[metric] + ("" if category == "all" else f" ({category} queries)")
-    fig.update_layout(title=title, xaxis_title="ranking span k", yaxis_title=METRIC_LABELS[metric],
-                      xaxis={"type": "log", "tickvals": sorted(df["span"].unique().tolist())},
-                      template="plotly_white", legend_title_text="retriever")  # fmt: skip
+    fig.update_layout(
+        title=title,
+        xaxis_title="ranking span k",
+        yaxis_title=METRIC_LABELS[metric],
+        xaxis={"type": "log", "tickvals": sorted(df["span"].unique().tolist())},
+        template="plotly_white",
+        legend_title_text="retriever",
+    )
     return fig
 
 
@@ -345,10 +398,8 @@ def relevance_figure(frame: pd.DataFrame, title: str = "Top-3 relevance (min-max
     """Bar chart of :func:`relevance_frame` (Plotly figure)."""
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Bar(x=frame["retriever"], y=frame["score"],
-                           text=[f"{v:.3f}" for v in frame["score"]], textposition="outside"))  # fmt: skip
-    fig.update_layout(title=title, yaxis_title="normalized judge score", yaxis_range=[0, 1],
-                      template="plotly_white")  # fmt: skip
+    fig = go.Figure(go.Bar(x=frame["retriever"], y=frame["score"], text=[f"{v:.3f}" for v in frame["score"]], textposition="outside"))
+    fig.update_layout(title=title, yaxis_title="normalized judge score", yaxis_range=[0, 1], template="plotly_white")
     return fig
 
 
@@ -356,30 +407,32 @@ def report_text(report: EvaluationReport) -> str:
     """Human-readable tables (what ``python -m carlos evaluate`` prints)."""
     t = report.thresholds
     pools = {r.pool_size for r in report.runs if r.available}
-    lines = [f"Evaluation: {report.query_set['n']} queries ({report.query_set['id']}), spans "
-             f"{', '.join(map(str, report.spans))}; thresholds Strength <= {t.strength_max}, "
-             f"Consistency >= {t.consistency_min} (pool {', '.join(map(str, sorted(pools))) or '-'} "
-             "LoRAs)"]  # fmt: skip
+    lines = [
+        f"Evaluation: {report.query_set['n']} queries ({report.query_set['id']}), spans "
+        f"{', '.join(map(str, report.spans))}; thresholds Strength <= {t.strength_max}, "
+        f"Consistency >= {t.consistency_min} (pool {', '.join(map(str, sorted(pools))) or '-'} "
+        "LoRAs)"
+    ]
     avail = [r for r in report.runs if r.available]
     for metric in ("normalized_entropy", "effective_lora_count"):
-        lines += ["", f"{METRIC_LABELS[metric]}",
-                  f"{'retriever':16s}" + "".join(f"{'k=' + str(k):>9s}" for k in report.spans)]  # fmt: skip
+        lines += ["", f"{METRIC_LABELS[metric]}", f"{'retriever':16s}" + "".join(f"{'k=' + str(k):>9s}" for k in report.spans)]
         for r in avail:
             vals = [getattr(m, metric) for m in r.metrics]
             lines.append(f"{r.name:16s}" + "".join(f"{v:9.3f}" if v == v else f"{'-':>9s}" for v in vals))
     lines.append("")
     for r in avail:
         full = r.metrics[-1]
-        lines.append(f"{r.name}: {full.filled_slots} of {full.slots} slots filled at k={full.span}; "
-                     f"{r.seconds:.1f} s" + "".join(f"; {n}" for n in r.notes))  # fmt: skip
+        lines.append(
+            f"{r.name}: {full.filled_slots} of {full.slots} slots filled at k={full.span}; "
+            f"{r.seconds:.1f} s" + "".join(f"; {n}" for n in r.notes)
+        )
     for r in report.runs:
         if not r.available:
             lines.append(f"{r.name}: unavailable: {r.reason.splitlines()[0]}")
     rel = report.relevance
     if rel.available:
         lines += ["", f"Top-3 relevance ({rel.judge}{'' if rel.meaningful else ', NOT meaningful: test judge'}):"]
-        lines += [f"  {k:16s} {v['score']:.3f}  ({v['hits_scored']} of {v['hits']} hits scored)"
-                  for k, v in rel.per_retriever.items()]  # fmt: skip
+        lines += [f"  {k:16s} {v['score']:.3f}  ({v['hits_scored']} of {v['hits']} hits scored)" for k, v in rel.per_retriever.items()]
     else:
         lines += ["", f"Top-3 relevance: not computed. {rel.reason}"]
     return "\n".join(lines)

@@ -62,8 +62,9 @@ class DirectionIndex:
     kernel, packed codes (n * d bytes) plus two float32 error terms per row.
     """
 
-    def __init__(self, matrix: np.ndarray, strength: np.ndarray, consistency: np.ndarray, *,
-                 kernel: str = "auto", block_rows: int = BLOCK_ROWS) -> None:  # fmt: skip
+    def __init__(
+        self, matrix: np.ndarray, strength: np.ndarray, consistency: np.ndarray, *, kernel: str = "auto", block_rows: int = BLOCK_ROWS
+    ) -> None:
         if matrix.dtype != np.float32 or matrix.ndim != 2 or not matrix.flags.c_contiguous:
             raise InvalidInputError("matrix must be a C-contiguous float32 (n, d) array")
         n = matrix.shape[0]
@@ -172,13 +173,11 @@ class DirectionIndex:
         out[norms <= ZERO_NORM] = 0.0
         return out.astype(np.float32)
 
-    def search(self, query: np.ndarray, k: int = 10, thresholds: Thresholds | None = None
-               ) -> tuple[np.ndarray, np.ndarray, SearchStats]:  # fmt: skip
+    def search(self, query: np.ndarray, k: int = 10, thresholds: Thresholds | None = None) -> tuple[np.ndarray, np.ndarray, SearchStats]:
         """(row indices, cosines, stats) of the ``k`` best rows passing ``thresholds``, best first."""
         return self.search_masks(query, k, [self.filter_mask(thresholds or Thresholds())])[0]
 
-    def search_masks(self, query: np.ndarray, k: int, masks: Sequence[np.ndarray]
-                     ) -> list[tuple[np.ndarray, np.ndarray, SearchStats]]:  # fmt: skip
+    def search_masks(self, query: np.ndarray, k: int, masks: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, SearchStats]]:
         """The ``k`` best rows within each boolean row mask, from one pass over the corpus.
 
         Ranking needs two answers per query (the LoRAs that pass the filters and the best
@@ -200,8 +199,7 @@ class DirectionIndex:
             eligible = int(mask.sum())
             kk = min(int(k), eligible)
             if kk == 0:
-                out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32),
-                            SearchStats(self.kernel, 0, 0)))  # fmt: skip
+                out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), SearchStats(self.kernel, 0, 0)))
                 continue
             lower = np.where(mask, approx - bound, -np.inf)
             tau = np.partition(lower, len(lower) - kk)[len(lower) - kk]  # k-th best lower bound
@@ -225,8 +223,7 @@ class DirectionIndex:
         """Float32 cosine of every row with ``query`` (zero rows score 0)."""
         return self._scan(_unit_query(query, self.matrix.shape[1]))
 
-    def exact_search(self, query: np.ndarray, k: int = 10, thresholds: Thresholds | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def exact_search(self, query: np.ndarray, k: int = 10, thresholds: Thresholds | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force float32 reference for :meth:`search`."""
         x = _unit_query(query, self.matrix.shape[1])
         return top_within(self._scan(x), k, self.filter_mask(thresholds or Thresholds()))
@@ -257,8 +254,7 @@ def top_within(scores: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray
     return cand[order], scores[cand[order]]
 
 
-def same_top_k(a_rows: np.ndarray, a_scores: np.ndarray, b_rows: np.ndarray, b_scores: np.ndarray,
-               tol: float = 1e-5) -> bool:  # fmt: skip
+def same_top_k(a_rows: np.ndarray, a_scores: np.ndarray, b_rows: np.ndarray, b_scores: np.ndarray, tol: float = 1e-5) -> bool:
     """Two top-k answers agree: same scores (within ``tol``) and the same rows except where
     scores tie within ``tol`` (float32 GEMV and row dots may round differently)."""
     if len(a_rows) != len(b_rows) or not np.allclose(a_scores, b_scores, atol=tol, rtol=0):

@@ -55,8 +55,7 @@ class Submission:
     already_known: bool  # the same file (sha256) was uploaded before
 
 
-def validate_upload(path: Path, original_name: str | None, backend: str,
-                    limits: LoRAFileLimits | None = None) -> LoRAFileReport:  # fmt: skip
+def validate_upload(path: Path, original_name: str | None, backend: str, limits: LoRAFileLimits | None = None) -> LoRAFileReport:
     """Validation report of an upload (raises on unsafe or unsupported files)."""
     from carlos.lora_file import validate_lora
 
@@ -64,10 +63,18 @@ def validate_upload(path: Path, original_name: str | None, backend: str,
 
 
 def submit(
-    store: Store, path: str | Path, *, backend: str = "tiny", protocol: str = "smoke",
-    trigger: str | None = None, original_name: str | None = None, requested_by: str | None = None,
-    uploads_dir: Path | None = None, limits: LoRAFileLimits | None = None, name: str | None = None,
-) -> Submission:  # fmt: skip
+    store: Store,
+    path: str | Path,
+    *,
+    backend: str = "tiny",
+    protocol: str = "smoke",
+    trigger: str | None = None,
+    original_name: str | None = None,
+    requested_by: str | None = None,
+    uploads_dir: Path | None = None,
+    limits: LoRAFileLimits | None = None,
+    name: str | None = None,
+) -> Submission:
     """Validate, store a sanitised copy, register the LoRA and enqueue its job.
 
     ``name`` (e.g. from a manifest) is the display name of a LoRA registered for the first
@@ -87,20 +94,33 @@ def submit(
         os.replace(tmp, stored)  # atomic: a half-copied file is never used
     lora_id = f"sha256:{report.sha256}"
     known = store.find_by_sha256(report.sha256) is not None
-    name = (name or report.metadata.get("ss_output_name") or report.metadata.get("modelspec.title")
-            or Path(safe_filename(original_name or path.name)).stem)  # fmt: skip
-    store.upsert_loras([{
-        "lora_id": lora_id, "source": "upload", "name": str(name)[:200], "sha256": report.sha256,
-        "file_path": str(stored), "file_report": report.to_dict(),
-        "trigger_words": list(report.trigger_words or []),
-        "folder_name": safe_filename(original_name or path.name),
-    }])  # fmt: skip
+    name = (
+        name
+        or report.metadata.get("ss_output_name")
+        or report.metadata.get("modelspec.title")
+        or Path(safe_filename(original_name or path.name)).stem
+    )
+    store.upsert_loras(
+        [
+            {
+                "lora_id": lora_id,
+                "source": "upload",
+                "name": str(name)[:200],
+                "sha256": report.sha256,
+                "file_path": str(stored),
+                "file_report": report.to_dict(),
+                "trigger_words": list(report.trigger_words or []),
+                "folder_name": safe_filename(original_name or path.name),
+            }
+        ]
+    )
     for job_id, options in store.live_jobs_of(lora_id, backend, protocol):
         if json.loads(options or "{}").get("trigger") == trigger:
             return Submission(int(job_id), lora_id, report, int(job_id), known)
     pairs, _ = protocol_pairs(proto)
-    job_id = store.enqueue_job(lora_id, str(stored), backend, protocol, len(pairs),
-                               {"trigger": trigger, "sha256": report.sha256}, requested_by)  # fmt: skip
+    job_id = store.enqueue_job(
+        lora_id, str(stored), backend, protocol, len(pairs), {"trigger": trigger, "sha256": report.sha256}, requested_by
+    )
     return Submission(job_id, lora_id, report, None, known)
 
 
@@ -142,9 +162,16 @@ def default_clip_factory(name: str) -> Any:
 class Worker:
     """Processes queued jobs; keeps one Characterizer per (backend, protocol settings)."""
 
-    def __init__(self, store: Store, *, backend_factory: BackendFactory = default_backend_factory,
-                 clip_factory: ClipFactory = default_clip_factory, worker_id: str | None = None,
-                 stale_after_s: float = 120.0, chunk_pairs: int = 8) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        *,
+        backend_factory: BackendFactory = default_backend_factory,
+        clip_factory: ClipFactory = default_clip_factory,
+        worker_id: str | None = None,
+        stale_after_s: float = 120.0,
+        chunk_pairs: int = 8,
+    ) -> None:
         self.store = store
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stale_after_s = stale_after_s
@@ -162,7 +189,9 @@ class Worker:
             if clip_name not in self._clips:
                 self._clips[clip_name] = self._clip_factory(clip_name)
             self._characterizers[key] = Characterizer(
-                self.store, self._backend_factory(backend, protocol), self._clips[clip_name],
+                self.store,
+                self._backend_factory(backend, protocol),
+                self._clips[clip_name],
                 chunk_pairs=self.chunk_pairs,
             )
         return self._characterizers[key]
@@ -173,15 +202,13 @@ class Worker:
         if job is None:
             return None
         job_id = int(job["job_id"])
-        log.info("worker %s: job %d (%s, %s, %s)", self.worker_id, job_id, job["lora_id"],
-                 job["backend"], job["protocol"])  # fmt: skip
+        log.info("worker %s: job %d (%s, %s, %s)", self.worker_id, job_id, job["lora_id"], job["backend"], job["protocol"])
 
         def still_wanted() -> bool:
             return self.store.heartbeat(job_id, self.worker_id) == "running"
 
         try:
-            rep = self.characterizer(job["backend"], job["protocol"]).run_job(
-                job, progress=progress, should_continue=still_wanted)
+            rep = self.characterizer(job["backend"], job["protocol"]).run_job(job, progress=progress, should_continue=still_wanted)
         except CarlosError as e:
             self.store.set_job_status(job_id, "failed", str(e))
             log.error("job %d failed: %s", job_id, e)
@@ -193,8 +220,7 @@ class Worker:
                 log.info("job %d cancelled", job_id)
         return job_id
 
-    def run(self, *, once: bool = False, poll_s: float = 2.0, max_jobs: int | None = None,
-            progress: Progress | None = None) -> int:  # fmt: skip
+    def run(self, *, once: bool = False, poll_s: float = 2.0, max_jobs: int | None = None, progress: Progress | None = None) -> int:
         """Loop over the queue; ``once``: stop when it is empty. Returns jobs processed."""
         n = 0
         while max_jobs is None or n < max_jobs:

@@ -41,10 +41,29 @@ Progress = Callable[[int, int], None]
 
 #: Bits per element of every safetensors dtype.
 DTYPE_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E4M3FNUZ": 8, "F8_E5M2": 8, "F8_E5M2FNUZ": 8,
-    "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "C64": 64,
-}  # fmt: skip
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E4M3": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2": 8,
+    "F8_E5M2FNUZ": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "C64": 64,
+}
 #: Float dtypes whose values are scanned for NaN/inf, as little-endian numpy dtypes.
 _SCANNED = {"F16": "<f2", "BF16": "<u2", "F32": "<f4", "F64": "<f8"}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -190,8 +209,7 @@ def _parse_header(handle: Any, size: int, limits: LoRAFileLimits) -> tuple[dict[
     length = int.from_bytes(handle.read(8), "little")
     if length == 0 or 8 + length > size:
         raise InvalidLoRAFileError(
-            f"the header length field says {length} bytes, beyond the end of the {size}-byte file: "
-            "the file is truncated or not safetensors"
+            f"the header length field says {length} bytes, beyond the end of the {size}-byte file: the file is truncated or not safetensors"
         )
     if length > limits.max_header_bytes:
         raise InvalidLoRAFileError(f"the header is {length} bytes, more than the {limits.max_header_bytes}-byte limit")
@@ -267,9 +285,7 @@ def _read_metadata(header: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return dict(raw), [f"metadata {show(k, 60)} is not a string; kept as stored" for k in bad[:5]]
 
 
-def _scan_values(
-    path: Path, data_start: int, tensors: dict[str, TensorInfo], limits: LoRAFileLimits, progress: Progress | None
-) -> None:
+def _scan_values(path: Path, data_start: int, tensors: dict[str, TensorInfo], limits: LoRAFileLimits, progress: Progress | None) -> None:
     """Refuse a file whose float tensors hold NaN or inf (a diverged or corrupted LoRA)."""
     scanned = sorted((t for t in tensors.values() if t.dtype in _SCANNED and t.end > t.begin), key=lambda t: t.begin)
     if not scanned:
@@ -348,8 +364,11 @@ def _examine(
     if not path.is_file():
         raise InvalidInputError(f"no LoRA file at {path}")
     found: dict[str, Any] = {
-        "path": str(path), "original_name": original_name, "sha256": None, "size_bytes": path.stat().st_size,
-    }  # fmt: skip
+        "path": str(path),
+        "original_name": original_name,
+        "sha256": None,
+        "size_bytes": path.stat().st_size,
+    }
     warnings: list[str] = []
     try:
         _inspect_into(found, warnings, path, limits, original_name, progress)
@@ -381,9 +400,7 @@ def _inspect_into(
     if size == 0:
         raise InvalidLoRAFileError("the file is empty (0 bytes)")
     if size > limits.max_file_bytes:
-        raise InvalidLoRAFileError(
-            f"the file is {size / _MiB:.1f} MiB, larger than the {limits.max_file_bytes / _MiB:.1f} MiB limit"
-        )
+        raise InvalidLoRAFileError(f"the file is {size / _MiB:.1f} MiB, larger than the {limits.max_file_bytes / _MiB:.1f} MiB limit")
     found["sha256"] = sha256_file(path)
     with open(path, "rb") as handle:
         head = handle.read(512)
@@ -393,9 +410,7 @@ def _inspect_into(
     tensors = _tensor_table(header, size - data_start, limits)
     raw_meta, meta_warnings = _read_metadata(header)
     warnings += meta_warnings
-    found.update(
-        n_tensors=len(tensors), raw_metadata=raw_meta, dtypes=tuple(sorted({t.dtype for t in tensors.values()}))
-    )
+    found.update(n_tensors=len(tensors), raw_metadata=raw_meta, dtypes=tuple(sorted({t.dtype for t in tensors.values()})))
     keys = fmt.analyse_keys(tensors)
     warnings += keys.warnings
     ranks = [m.rank for m in keys.modules if m.rank is not None]
@@ -413,9 +428,7 @@ def _inspect_into(
     declared, source, contradictions = fmt.declared_base(raw_meta)
     if declared not in (None, "unknown") and declared != guess.family:
         detected = FAMILY_NAMES[guess.family] if guess.family != "unknown" else "not recognisable as any base model"
-        contradictions.append(
-            f"metadata declares {FAMILY_NAMES[declared]} ({source}) but the tensors are {detected} ({guess.reason})"
-        )
+        contradictions.append(f"metadata declares {FAMILY_NAMES[declared]} ({source}) but the tensors are {detected} ({guess.reason})")
     dim = summary.get("ss_network_dim")
     if isinstance(dim, int) and found["ranks"] and dim not in found["ranks"]:
         ranks_text = ", ".join(map(str, found["ranks"]))

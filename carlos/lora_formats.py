@@ -67,26 +67,45 @@ class FamilyGuess:
 
 # suffix -> (kind, role); kind None: the tensor belongs to any kind of module.
 _SUFFIXES: dict[str, tuple[str | None, str]] = {
-    ".lora_down.weight": ("kohya", "down"), ".lora_up.weight": ("kohya", "up"), ".lora_mid.weight": ("kohya", "mid"),
-    ".lora_A.weight": ("diffusers", "down"), ".lora_B.weight": ("diffusers", "up"),
-    "_lora.down.weight": ("diffusers", "down"), "_lora.up.weight": ("diffusers", "up"),  # attention processors
-    ".lora_linear_layer.down.weight": ("diffusers", "down"), ".lora_linear_layer.up.weight": ("diffusers", "up"),
-    ".lora.down.weight": ("diffusers", "down"), ".lora.up.weight": ("diffusers", "up"),
+    ".lora_down.weight": ("kohya", "down"),
+    ".lora_up.weight": ("kohya", "up"),
+    ".lora_mid.weight": ("kohya", "mid"),
+    ".lora_A.weight": ("diffusers", "down"),
+    ".lora_B.weight": ("diffusers", "up"),
+    "_lora.down.weight": ("diffusers", "down"),
+    "_lora.up.weight": ("diffusers", "up"),  # attention processors
+    ".lora_linear_layer.down.weight": ("diffusers", "down"),
+    ".lora_linear_layer.up.weight": ("diffusers", "up"),
+    ".lora.down.weight": ("diffusers", "down"),
+    ".lora.up.weight": ("diffusers", "up"),
     ".lora_magnitude_vector": ("diffusers", "aux"),
     **{f".hada_{r}": ("loha", r) for r in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")},
     **{f".lokr_{r}": ("lokr", r) for r in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")},
-    ".alpha": (None, "alpha"), ".dora_scale": (None, "aux"),
-}  # fmt: skip
-_KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te1_": "te1", "lora_te2_": "te2", "lora_te3_": "te3",
-                   "lora_te_": "te", "lora_transformer_": "transformer"}  # fmt: skip
+    ".alpha": (None, "alpha"),
+    ".dora_scale": (None, "aux"),
+}
+_KOHYA_PREFIXES = {
+    "lora_unet_": "unet",
+    "lora_te1_": "te1",
+    "lora_te2_": "te2",
+    "lora_te3_": "te3",
+    "lora_te_": "te",
+    "lora_transformer_": "transformer",
+}
 _DOTTED_PREFIXES = (  # (prefix, component, whether the prefix is part of the layer path)
-    ("unet.", "unet", False), ("text_encoder_2.", "te2", False), ("text_encoder_3.", "te3", False),
-    ("text_encoder.", "te", False), ("transformer.", "transformer", False),
-    ("model.diffusion_model.", "unet", False), ("diffusion_model.", "unet", False),
+    ("unet.", "unet", False),
+    ("text_encoder_2.", "te2", False),
+    ("text_encoder_3.", "te3", False),
+    ("text_encoder.", "te", False),
+    ("transformer.", "transformer", False),
+    ("model.diffusion_model.", "unet", False),
+    ("diffusion_model.", "unet", False),
     # attention-processor files carry no component prefix
-    ("down_blocks.", "unet", True), ("mid_block.", "unet", True), ("up_blocks.", "unet", True),
+    ("down_blocks.", "unet", True),
+    ("mid_block.", "unet", True),
+    ("up_blocks.", "unet", True),
     ("text_model.", "te", True),
-)  # fmt: skip
+)
 
 
 def show(text: str, limit: int = 120) -> str:
@@ -330,13 +349,29 @@ def _as_resolution(value: str) -> list[int]:
 
 #: The training fields a reviewer wants, with how to read each one.
 _REVIEW_FIELDS: dict[str, Callable[[str], Any]] = {
-    "ss_base_model_version": str, "ss_sd_model_name": str, "ss_output_name": str, "ss_resolution": _as_resolution,
-    "ss_network_dim": _as_int, "ss_network_alpha": float, "ss_network_module": str, "ss_network_args": json.loads,
-    "ss_v2": _as_bool, "ss_num_train_images": _as_int, "ss_num_epochs": _as_int, "ss_max_train_steps": _as_int,
-    "ss_learning_rate": float, "ss_clip_skip": _as_int, "ss_training_comment": str,
-    "modelspec.architecture": str, "modelspec.title": str, "modelspec.trigger_phrase": str,
-    "modelspec.description": str, "modelspec.author": str, "modelspec.date": str, "modelspec.tags": str,
-}  # fmt: skip
+    "ss_base_model_version": str,
+    "ss_sd_model_name": str,
+    "ss_output_name": str,
+    "ss_resolution": _as_resolution,
+    "ss_network_dim": _as_int,
+    "ss_network_alpha": float,
+    "ss_network_module": str,
+    "ss_network_args": json.loads,
+    "ss_v2": _as_bool,
+    "ss_num_train_images": _as_int,
+    "ss_num_epochs": _as_int,
+    "ss_max_train_steps": _as_int,
+    "ss_learning_rate": float,
+    "ss_clip_skip": _as_int,
+    "ss_training_comment": str,
+    "modelspec.architecture": str,
+    "modelspec.title": str,
+    "modelspec.trigger_phrase": str,
+    "modelspec.description": str,
+    "modelspec.author": str,
+    "modelspec.date": str,
+    "modelspec.tags": str,
+}
 _TOP_TAGS = 20
 
 
@@ -381,7 +416,7 @@ def _top_tags(raw: Mapping[str, Any]) -> tuple[list[list[Any]], str | None]:
         sources = list(parsed.values()) if isinstance(parsed, dict) else []
     counts: Counter[str] = Counter()
     for freq in sources:
-        for tag, count in (freq.items() if isinstance(freq, dict) else ()):
+        for tag, count in freq.items() if isinstance(freq, dict) else ():
             if isinstance(count, (int, float)) and not isinstance(count, bool) and tag.strip():
                 counts[tag.strip()] += int(count)
     if not counts and parsed:

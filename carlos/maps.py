@@ -70,9 +70,7 @@ class MapConfig:
             raise InvalidInputError(f"n_neighbors must be an integer ≥ 2, got {self.n_neighbors!r}")
         if not isinstance(self.min_dist, (int, float)) or not 0.0 <= self.min_dist <= 1.0:
             raise InvalidInputError(f"min_dist must be within [0, 1], got {self.min_dist!r}")
-        if self.n_epochs is not None and (
-            isinstance(self.n_epochs, bool) or not isinstance(self.n_epochs, int) or self.n_epochs < 1
-        ):
+        if self.n_epochs is not None and (isinstance(self.n_epochs, bool) or not isinstance(self.n_epochs, int) or self.n_epochs < 1):
             raise InvalidInputError(f"n_epochs must be None or an integer ≥ 1, got {self.n_epochs!r}")
         if self.metric not in METRICS:
             raise InvalidInputError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
@@ -135,9 +133,7 @@ def fit_umap(matrix: np.ndarray, config: MapConfig) -> tuple[Any, np.ndarray]:
     return model, np.asarray(xy, dtype=np.float64)
 
 
-def knn_place(
-    vectors: np.ndarray, fit_matrix: np.ndarray, fit_xy: np.ndarray, k: int = 10
-) -> np.ndarray:
+def knn_place(vectors: np.ndarray, fit_matrix: np.ndarray, fit_xy: np.ndarray, k: int = 10) -> np.ndarray:
     """Fallback placement without the UMAP model (see the module docstring)."""
     v = _check_matrix(vectors, "vectors")
     f = _check_matrix(fit_matrix, "fit_matrix")
@@ -165,18 +161,20 @@ def place(cmap: CorpusMap, vectors: np.ndarray) -> tuple[np.ndarray, str]:
     if v.shape[0] == 0:
         return np.zeros((0, 2)), cmap.placement_method
     if v.shape[1] != cmap.fit_matrix.shape[1]:
-        raise InvalidInputError(
-            f"a {v.shape[1]}-d direction cannot be placed on a map of {cmap.fit_matrix.shape[1]}-d directions"
-        )
+        raise InvalidInputError(f"a {v.shape[1]}-d direction cannot be placed on a map of {cmap.fit_matrix.shape[1]}-d directions")
     if cmap.model is not None:
         return np.asarray(cmap.model.transform(v), dtype=np.float64), "umap-transform"
     return knn_place(v, cmap.fit_matrix, cmap.fit_xy, cmap.config.fallback_k), "knn-fallback"
 
 
 def corpus_map(
-    store: Store, view: CorpusView, config: MapConfig | None = None, *,
-    fit_ids: Sequence[str] | None = None, progress: Progress | None = None,
-) -> CorpusMap:  # fmt: skip
+    store: Store,
+    view: CorpusView,
+    config: MapConfig | None = None,
+    *,
+    fit_ids: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> CorpusMap:
     """The map of ``view``: cached coordinates when present, else a UMAP fit (then cached).
 
     ``fit_ids`` (default: every LoRA not uploaded) are the LoRAs the map is fitted on;
@@ -212,11 +210,11 @@ def corpus_map(
             if progress:
                 progress(1, 1)
         model = _models.get(key)
-    cmap = CorpusMap(key=key, config=config, frame=pd.DataFrame(), fit_ids=ids, fit_matrix=matrix,
-                     fit_xy=xy, model=model, fitted_now=fitted_now)  # fmt: skip
+    cmap = CorpusMap(
+        key=key, config=config, frame=pd.DataFrame(), fit_ids=ids, fit_matrix=matrix, fit_xy=xy, model=model, fitted_now=fitted_now
+    )
     # 3. everything else in the view is placed
-    frame = pd.DataFrame({"lora_id": view.frame["lora_id"].to_numpy(), "x": np.nan, "y": np.nan,
-                          "placement": "fitted"})  # fmt: skip
+    frame = pd.DataFrame({"lora_id": view.frame["lora_id"].to_numpy(), "x": np.nan, "y": np.nan, "placement": "fitted"})
     frame.loc[fit_mask, ["x", "y"]] = xy
     if (~fit_mask).any():
         placed, method = place(cmap, view.matrix[~fit_mask])

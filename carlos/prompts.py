@@ -128,8 +128,7 @@ class PromptSet:
             return self._by_text[text]
         except (KeyError, TypeError):
             raise InvalidInputError(
-                f"{text!r} is not a prompt of {self.id}; pass the prompt text exactly as "
-                "stored, without an appended trigger word or query"
+                f"{text!r} is not a prompt of {self.id}; pass the prompt text exactly as stored, without an appended trigger word or query"
             ) from None
 
     def category_of(self, text: str) -> str:
@@ -157,13 +156,8 @@ class PromptSet:
         m = _check_count("subcategories_per_category", subcategories_per_category, max_m)
         chosen = self._check_categories(categories)
 
-        keep_subs = {
-            (c.name, s) for c in self.categories if c.name in chosen for s in c.subcategories[:m]
-        }
-        selected = tuple(
-            p for p in self.prompts(split)
-            if (p.category, p.subcategory) in keep_subs and p.sub_index < k
-        )
+        keep_subs = {(c.name, s) for c in self.categories if c.name in chosen for s in c.subcategories[:m]}
+        selected = tuple(p for p in self.prompts(split) if (p.category, p.subcategory) in keep_subs and p.sub_index < k)
         parts = [self.id, split, f"k{k}"]
         if m < max_m:
             parts.append(f"s{m}")
@@ -193,8 +187,7 @@ class PromptSet:
         unknown = sorted(chosen - set(names))
         if unknown:
             raise InvalidInputError(
-                f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown} in {self.id}; "
-                f"valid categories: {list(names)}"
+                f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown} in {self.id}; valid categories: {list(names)}"
             )
         if not chosen:
             raise InvalidInputError("categories must name at least one category, or be None")
@@ -213,9 +206,7 @@ def list_prompt_sets() -> list[str]:
 def get_prompt_set(name: str = DEFAULT_PROMPT_SET) -> PromptSet:
     """A registered prompt set, loaded from ``data/`` and validated (cached)."""
     if name not in _REGISTRY:
-        raise InvalidInputError(
-            f"unknown prompt set {name!r}; valid prompt sets: {list_prompt_sets()}"
-        )
+        raise InvalidInputError(f"unknown prompt set {name!r}; valid prompt sets: {list_prompt_sets()}")
     return _load_registered(name)
 
 
@@ -224,8 +215,7 @@ def _load_registered(name: str) -> PromptSet:
     pset = load_prompt_set(REPO_ROOT / "data" / _REGISTRY[name])
     if pset.id != name:
         raise InvalidInputError(
-            f"data/{_REGISTRY[name]} declares id {pset.id!r} but is registered as {name!r}; "
-            "fix the file's \"id\" or the registry"
+            f'data/{_REGISTRY[name]} declares id {pset.id!r} but is registered as {name!r}; fix the file\'s "id" or the registry'
         )
     return pset
 
@@ -251,9 +241,7 @@ def prompts_for_profile(name: str, prompt_set: PromptSet | str | None = None) ->
         return pset.subset("index")
     if name == "quick":
         return pset.subset("index", per_subcategory=1)
-    return pset.subset(
-        "index", per_subcategory=1, categories=pset.category_names[:2], subcategories_per_category=1
-    )
+    return pset.subset("index", per_subcategory=1, categories=pset.category_names[:2], subcategories_per_category=1)
 
 
 def category_of(text: str, prompt_set: PromptSet | str | None = None) -> str:
@@ -295,15 +283,11 @@ def load_prompt_set(
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise InvalidInputError(
-            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
+        raise InvalidInputError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     return _build(doc, str(path), shape, per_subcategory)
 
 
-def _build(
-    doc: Any, where: str, shape: Mapping[str, int] | None, per_sub: int | None
-) -> PromptSet:
+def _build(doc: Any, where: str, shape: Mapping[str, int] | None, per_sub: int | None) -> PromptSet:
     def fail(msg: str) -> InvalidInputError:
         return InvalidInputError(f"invalid prompt set {where}: {msg}")
 
@@ -357,17 +341,14 @@ def _build(
                     flat[split].append(Prompt(text, cname, sname, split, len(flat[split]), pi))
             want = f"{per_sub} of each" if per_sub else "the same number in both splits"
             if sizes["index"] != sizes["query"] or per_sub not in (None, sizes["index"]):
-                raise fail(f"{cname} / {sname} has {sizes['index']} index and {sizes['query']} "
-                           f"query prompts; expected {want}")
+                raise fail(f"{cname} / {sname} has {sizes['index']} index and {sizes['query']} query prompts; expected {want}")
         categories.append(Category(cname, tuple(names)))
 
     if shape is not None:
         got = [(c.name, len(c.subcategories)) for c in categories]
         want = list(shape.items())
         if got != want:
-            raise fail(
-                f"expected categories with subcategory counts {want} (in this order), got {got}"
-            )
+            raise fail(f"expected categories with subcategory counts {want} (in this order), got {got}")
 
     # Keys are validated above, so the parsed categories are the content; description and id
     # are left out so rewording the description does not invalidate stored representations.
@@ -384,7 +365,11 @@ def _build(
     )
     logger.debug(
         "loaded prompt set %s from %s: %d index / %d query prompts, hash %s",
-        set_id, where, len(index_prompts), len(query_prompts), pset.content_hash[:12],
+        set_id,
+        where,
+        len(index_prompts),
+        len(query_prompts),
+        pset.content_hash[:12],
     )
     return pset
 
@@ -425,7 +410,6 @@ def _sha256_json(obj: Any) -> str:
     """Hash of a canonical JSON form: sorted keys, no whitespace, UTF-8."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
 
 
 def _check_split(split: str) -> None:

@@ -76,16 +76,10 @@ def normalize_query(query: str) -> str:
     if not isinstance(query, str):
         raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
     if len(query) > _MAX_RAW_CHARS:
-        raise InvalidInputError(
-            f"query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,} are accepted"
-        )
+        raise InvalidInputError(f"query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,} are accepted")
     text = unicodedata.normalize("NFC", query)
     # whitespace controls (tab, newline) become spaces; other controls and lone surrogates go
-    text = "".join(
-        " " if ch.isspace() else ch
-        for ch in text
-        if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cs")
-    )
+    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cs"))
     text = " ".join(_SPECIAL_TOKENS.sub(" ", text).split())
     if not text:
         raise InvalidInputError("query is empty; type a few words describing the effect to find")

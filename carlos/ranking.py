@@ -89,10 +89,19 @@ def _masks(view: CorpusView, thresholds: Thresholds, skip: frozenset[str]) -> tu
     return keep, candidate
 
 
-def _result(view: CorpusView, *, retriever: str, query: str, thresholds: Thresholds,
-            hits: tuple[np.ndarray, np.ndarray], excluded: tuple[np.ndarray, np.ndarray],
-            n_candidates: int, n_excluded: int, notes: list[str] | None,
-            info: dict[str, Any] | None) -> SearchResult:  # fmt: skip
+def _result(
+    view: CorpusView,
+    *,
+    retriever: str,
+    query: str,
+    thresholds: Thresholds,
+    hits: tuple[np.ndarray, np.ndarray],
+    excluded: tuple[np.ndarray, np.ndarray],
+    n_candidates: int,
+    n_excluded: int,
+    notes: list[str] | None,
+    info: dict[str, Any] | None,
+) -> SearchResult:
     strength, consistency = view.values
     s_pct, c_pct = view.percentiles
     ids, names = view.frame["lora_id"], view.frame["name"]
@@ -101,19 +110,28 @@ def _result(view: CorpusView, *, retriever: str, query: str, thresholds: Thresho
     def hit(i: int, score: float, r: int, reasons: tuple[str, ...]) -> SearchHit:
         vid = None if versions is None else versions.iat[i]
         return SearchHit(
-            rank=r, lora_id=str(ids.iat[i]), name=str(names.iat[i]), score=float(score),
-            strength=float(strength[i]), consistency=float(consistency[i]),
-            strength_pct=float(s_pct[i]), consistency_pct=float(c_pct[i]),
-            flags=reasons + view.quality_flags_of(i), retriever=retriever,
-            version_id=None if vid is None or pd.isna(vid) else int(vid), excluded_because=reasons,
-        )  # fmt: skip
+            rank=r,
+            lora_id=str(ids.iat[i]),
+            name=str(names.iat[i]),
+            score=float(score),
+            strength=float(strength[i]),
+            consistency=float(consistency[i]),
+            strength_pct=float(s_pct[i]),
+            consistency_pct=float(c_pct[i]),
+            flags=reasons + view.quality_flags_of(i),
+            retriever=retriever,
+            version_id=None if vid is None or pd.isna(vid) else int(vid),
+            excluded_because=reasons,
+        )
 
     return SearchResult(
         retriever=retriever,
         query=query,
         hits=[hit(int(i), s, r + 1, ()) for r, (i, s) in enumerate(zip(*hits))],
-        excluded=[hit(int(i), s, r + 1, tuple(thresholds.exclusion_reasons(strength[i], consistency[i])))
-                  for r, (i, s) in enumerate(zip(*excluded))],  # fmt: skip
+        excluded=[
+            hit(int(i), s, r + 1, tuple(thresholds.exclusion_reasons(strength[i], consistency[i])))
+            for r, (i, s) in enumerate(zip(*excluded))
+        ],
         n_candidates=n_candidates,
         n_excluded=n_excluded,
         thresholds=thresholds,
@@ -142,11 +160,18 @@ def rank(
         raise InvalidInputError(f"expected {len(view)} scores, got shape {scores.shape}")
     keep, candidate = _masks(view, thresholds, skip)
     candidate &= np.isfinite(scores)
-    return _result(view, retriever=retriever, query=query, thresholds=thresholds,
-                   hits=top_within(scores, top_k, candidate & keep),
-                   excluded=top_within(scores, top_k, candidate & ~keep),
-                   n_candidates=int(candidate.sum()), n_excluded=int((candidate & ~keep).sum()),
-                   notes=notes, info=info)  # fmt: skip
+    return _result(
+        view,
+        retriever=retriever,
+        query=query,
+        thresholds=thresholds,
+        hits=top_within(scores, top_k, candidate & keep),
+        excluded=top_within(scores, top_k, candidate & ~keep),
+        n_candidates=int(candidate.sum()),
+        n_excluded=int((candidate & ~keep).sum()),
+        notes=notes,
+        info=info,
+    )
 
 
 def _checked_direction(view: CorpusView, direction: np.ndarray) -> np.ndarray:
@@ -164,10 +189,17 @@ def _checked_direction(view: CorpusView, direction: np.ndarray) -> np.ndarray:
 
 
 def rank_direction(
-    view: CorpusView, direction: np.ndarray, *, retriever: str, query: str, thresholds: Thresholds,
-    top_k: int, skip: frozenset[str] = frozenset(), notes: list[str] | None = None,
+    view: CorpusView,
+    direction: np.ndarray,
+    *,
+    retriever: str,
+    query: str,
+    thresholds: Thresholds,
+    top_k: int,
+    skip: frozenset[str] = frozenset(),
+    notes: list[str] | None = None,
     info: dict[str, Any] | None = None,
-) -> SearchResult:  # fmt: skip
+) -> SearchResult:
     """:func:`rank` by cosine to ``direction``, through the view's exact top-k index: the
     same answer as scoring every LoRA, without sorting (or, at scale, scanning in float32) all of them."""
     top_k = check_top_k(top_k)
@@ -177,12 +209,20 @@ def rank_direction(
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0))
         hits = excl = empty
     else:
-        (h_rows, h_scores, _), (e_rows, e_scores, _) = view.index.search_masks(
-            q, top_k, [candidate & keep, candidate & ~keep])
+        (h_rows, h_scores, _), (e_rows, e_scores, _) = view.index.search_masks(q, top_k, [candidate & keep, candidate & ~keep])
         hits, excl = (h_rows, h_scores), (e_rows, e_scores)
-    return _result(view, retriever=retriever, query=query, thresholds=thresholds, hits=hits, excluded=excl,
-                   n_candidates=int(candidate.sum()), n_excluded=int((candidate & ~keep).sum()),
-                   notes=notes, info=info)  # fmt: skip
+    return _result(
+        view,
+        retriever=retriever,
+        query=query,
+        thresholds=thresholds,
+        hits=hits,
+        excluded=excl,
+        n_candidates=int(candidate.sum()),
+        n_excluded=int((candidate & ~keep).sum()),
+        notes=notes,
+        info=info,
+    )
 
 
 def view_cosine(view: CorpusView, direction: np.ndarray) -> np.ndarray:
@@ -193,19 +233,23 @@ def view_cosine(view: CorpusView, direction: np.ndarray) -> np.ndarray:
     return view.index.cosines(q)
 
 
-def similar(
-    view: CorpusView, lora_id: str, *, thresholds: Thresholds, top_k: int = 10
-) -> SearchResult:
+def similar(view: CorpusView, lora_id: str, *, thresholds: Thresholds, top_k: int = 10) -> SearchResult:
     """LoRAs whose Direction is closest (cosine) to ``lora_id``'s: 'behaves like …'."""
     i = view.row_of(lora_id)
-    return rank_direction(view, view.matrix[i], retriever="similar", query=lora_id, thresholds=thresholds,
-                          top_k=top_k, skip=frozenset({lora_id}))  # fmt: skip
+    return rank_direction(
+        view, view.matrix[i], retriever="similar", query=lora_id, thresholds=thresholds, top_k=top_k, skip=frozenset({lora_id})
+    )
 
 
 def by_direction(
-    view: CorpusView, direction: np.ndarray, *, thresholds: Thresholds, top_k: int = 10,
-    retriever: str = "by-direction", query: str = "", skip: frozenset[str] = frozenset(),
-) -> SearchResult:  # fmt: skip
+    view: CorpusView,
+    direction: np.ndarray,
+    *,
+    thresholds: Thresholds,
+    top_k: int = 10,
+    retriever: str = "by-direction",
+    query: str = "",
+    skip: frozenset[str] = frozenset(),
+) -> SearchResult:
     """Rank the corpus by cosine to any direction (an upload's, a query's)."""
-    return rank_direction(view, direction, retriever=retriever, query=query, thresholds=thresholds,
-                          top_k=top_k, skip=skip)  # fmt: skip
+    return rank_direction(view, direction, retriever=retriever, query=query, thresholds=thresholds, top_k=top_k, skip=skip)

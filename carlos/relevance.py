@@ -25,8 +25,10 @@ from carlos.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
-TOP3_PROTOCOL = ("each retriever's top-3 LoRAs generate images that the judge scores against the query; "
-                 "scores are min-max normalized over all queries and retrievers, then averaged")  # fmt: skip
+TOP3_PROTOCOL = (
+    "each retriever's top-3 LoRAs generate images that the judge scores against the query; "
+    "scores are min-max normalized over all queries and retrievers, then averaged"
+)
 
 
 class RankedRun(Protocol):
@@ -60,8 +62,7 @@ class ClipImageJudge:
     ImageReward and HPS v2).
     """
 
-    def __init__(self, backend: Any, clip: Any, prompts: Sequence[str], seeds: Sequence[int] = (0,), *,
-                 meaningful: bool = True) -> None:  # fmt: skip
+    def __init__(self, backend: Any, clip: Any, prompts: Sequence[str], seeds: Sequence[int] = (0,), *, meaningful: bool = True) -> None:
         if not prompts or not seeds:
             raise InvalidInputError("the judge needs at least one prompt and one seed")
         self.backend, self.clip = backend, clip
@@ -146,12 +147,14 @@ def relevance_top_k(store: Any, runs: Sequence[RankedRun], judge: RelevanceJudge
             for rank, lid in enumerate(ranked[:top], start=1):
                 if lid not in lora_cache:
                     lora_cache[lid] = store.get_lora(lid)
-                rows.append({"retriever": run.name, "query": query, "rank": rank, "lora_id": lid,
-                             "raw": judge.score(query, lora_cache[lid])})  # fmt: skip
+                rows.append(
+                    {"retriever": run.name, "query": query, "rank": rank, "lora_id": lid, "raw": judge.score(query, lora_cache[lid])}
+                )
     scored = [r["raw"] for r in rows if r["raw"] is not None]
     if not scored:
-        return RelevanceReport(False, f"the judge {judge.name} could score none of the {len(rows)} top-{top} "
-                               "hits (no local LoRA files)", judge=judge.name)  # fmt: skip
+        return RelevanceReport(
+            False, f"the judge {judge.name} could score none of the {len(rows)} top-{top} hits (no local LoRA files)", judge=judge.name
+        )
     lo, hi = min(scored), max(scored)
     per = {}
     for run in runs:
@@ -163,11 +166,20 @@ def relevance_top_k(store: Any, runs: Sequence[RankedRun], judge: RelevanceJudge
             if r["raw"] is not None:
                 per_query.setdefault(r["query"], []).append((r["raw"] - lo) / (hi - lo) if hi > lo else 0.0)
         means = [float(np.mean(v)) for v in per_query.values()]
-        per[run.name] = {"score": float(np.mean(means)) if means else float("nan"),
-                         "queries_scored": len(per_query), "hits_scored": sum(r["raw"] is not None for r in mine),
-                         "hits": len(mine)}  # fmt: skip
-    return RelevanceReport(True, f"judged {len(scored)} of {len(rows)} top-{top} hits", judge=judge.name,
-                           meaningful=judge.meaningful, per_retriever=per, scores=rows)  # fmt: skip
+        per[run.name] = {
+            "score": float(np.mean(means)) if means else float("nan"),
+            "queries_scored": len(per_query),
+            "hits_scored": sum(r["raw"] is not None for r in mine),
+            "hits": len(mine),
+        }
+    return RelevanceReport(
+        True,
+        f"judged {len(scored)} of {len(rows)} top-{top} hits",
+        judge=judge.name,
+        meaningful=judge.meaningful,
+        per_retriever=per,
+        scores=rows,
+    )
 
 
 def judged_relevance(store: Any, runs: Sequence[RankedRun], judge: Any, top: int) -> RelevanceReport:

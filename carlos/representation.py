@@ -54,9 +54,7 @@ def as_diffs(diffs: object) -> np.ndarray:
     try:
         arr = np.asarray(diffs, dtype=np.float64)
     except (ValueError, TypeError) as e:  # ragged lists land here
-        raise InvalidInputError(
-            "diffs must be a rectangular (n, d) array of numbers; got ragged or non-numeric input"
-        ) from e
+        raise InvalidInputError("diffs must be a rectangular (n, d) array of numbers; got ragged or non-numeric input") from e
     if arr.ndim != 2:
         raise InvalidInputError(f"diffs must be 2-D (n, d); got shape {arr.shape}")
     if arr.shape[1] == 0:

@@ -59,9 +59,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if self.retriever not in RETRIEVERS:
-            raise InvalidInputError(
-                f"unknown retriever {self.retriever!r}; choose one of: {', '.join(RETRIEVERS)}"
-            )
+            raise InvalidInputError(f"unknown retriever {self.retriever!r}; choose one of: {', '.join(RETRIEVERS)}")
         check_top_k(self.top_k)
         if not 1 <= self.seeds <= 100:
             raise InvalidInputError(f"seeds must be between 1 and 100, got {self.seeds}")
@@ -117,10 +115,9 @@ class SearchService:
         text = capabilities.text_model(config.text_model)
         ok = {"carlos": clip, "behaviour": None, "bm25": None, "text-embedding": text}
         return [
-            RetrieverStatus(name, LABELS[name], cap is None or cap.available,
-                            "always available" if cap is None else cap.detail)
+            RetrieverStatus(name, LABELS[name], cap is None or cap.available, "always available" if cap is None else cap.detail)
             for name, cap in ok.items()
-        ]  # fmt: skip
+        ]
 
     # -- entry point ---------------------------------------------------------------------------
     def search(self, query: str, config: SearchConfig | None = None) -> SearchResult:
@@ -134,13 +131,18 @@ class SearchService:
         view = load_view(self.store, CORPUS_EMBEDDER)
         if config.retriever == "bm25":
             scores = self.bm25_scores(view, q)
-            return rank(view, scores, retriever="bm25", query=q, thresholds=config.thresholds,
-                        top_k=config.top_k)  # fmt: skip
+            return rank(view, scores, retriever="bm25", query=q, thresholds=config.thresholds, top_k=config.top_k)
         if config.retriever == "text-embedding":
             scores, model_id = self.text_scores(view, q, config.text_model)
-            return rank(view, scores, retriever="text-embedding", query=q,
-                        thresholds=config.thresholds, top_k=config.top_k,
-                        info={"text_model": model_id})  # fmt: skip
+            return rank(
+                view,
+                scores,
+                retriever="text-embedding",
+                query=q,
+                thresholds=config.thresholds,
+                top_k=config.top_k,
+                info={"text_model": model_id},
+            )
         return self._search_behaviour(view, q, config)
 
     # -- CARLoS --------------------------------------------------------------------------------
@@ -170,10 +172,17 @@ class SearchService:
         cached = self.store.get_cached_vector("query-direction", key)
         if cached is not None and cached[1].get("query") == q:
             vec, info = cached
-            qd = QueryDirection(query=q, direction=vec, n_prompts=info["n_prompts"],
-                                n_truncated=info["n_truncated"], query_tokens=info["query_tokens"],
-                                embedder_id=clip.embedder_id, prompts_hash=pset.content_hash,
-                                method=info["method"], n_reencoded=info.get("n_reencoded", 0))  # fmt: skip
+            qd = QueryDirection(
+                query=q,
+                direction=vec,
+                n_prompts=info["n_prompts"],
+                n_truncated=info["n_truncated"],
+                query_tokens=info["query_tokens"],
+                embedder_id=clip.embedder_id,
+                prompts_hash=pset.content_hash,
+                method=info["method"],
+                n_reencoded=info.get("n_reencoded", 0),
+            )
             self.stats["query_cache_hits"] += 1
         else:
             from carlos.models.text_cache import build_prefix_cache, query_direction_cached
@@ -184,9 +193,15 @@ class SearchService:
                     self._prefix[pkey] = build_prefix_cache(clip, prompts, prompts_hash=pset.content_hash)
                 cache = self._prefix[pkey]
             qd = query_direction_cached(cache, q)
-            info = {"query": q, "n_prompts": qd.n_prompts, "n_truncated": qd.n_truncated,
-                    "query_tokens": qd.query_tokens, "method": qd.method,
-                    "n_reencoded": qd.n_reencoded, "prompt_set": pset.id}  # fmt: skip
+            info = {
+                "query": q,
+                "n_prompts": qd.n_prompts,
+                "n_truncated": qd.n_truncated,
+                "query_tokens": qd.query_tokens,
+                "method": qd.method,
+                "n_reencoded": qd.n_reencoded,
+                "prompt_set": pset.id,
+            }
             self.store.put_cached_vector("query-direction", key, qd.direction, info)
             self.stats["query_cache_misses"] += 1
         with self._lock:
@@ -207,10 +222,16 @@ class SearchService:
             )
         if clip.embedder_id != CORPUS_EMBEDDER:
             notes.append(f"space {clip.embedder_id}: a test/demo CLIP, scores are not meaningful")
-        return rank_direction(view, qd.direction, retriever="carlos", query=q,
-                              thresholds=config.thresholds, top_k=config.top_k, notes=notes,
-                              info={"embedder": clip.embedder_id, "n_prompts": qd.n_prompts,
-                                    "n_truncated": qd.n_truncated, "query_tokens": qd.query_tokens})  # fmt: skip
+        return rank_direction(
+            view,
+            qd.direction,
+            retriever="carlos",
+            query=q,
+            thresholds=config.thresholds,
+            top_k=config.top_k,
+            notes=notes,
+            info={"embedder": clip.embedder_id, "n_prompts": qd.n_prompts, "n_truncated": qd.n_truncated, "query_tokens": qd.query_tokens},
+        )
 
     # -- textual -------------------------------------------------------------------------------
     def _documents(self, view: CorpusView) -> list[str]:
@@ -218,8 +239,10 @@ class SearchService:
 
         docs = self.store.text_documents().set_index("lora_id")
         docs = docs.reindex(view.ids)
-        return [document_text(n if isinstance(n, str) and n.strip() else f, d)
-                for n, d, f in zip(docs["name"], docs["description"], docs["folder_name"])]  # fmt: skip
+        return [
+            document_text(n if isinstance(n, str) and n.strip() else f, d)
+            for n, d, f in zip(docs["name"], docs["description"], docs["folder_name"])
+        ]
 
     def bm25_scores(self, view: CorpusView, q: str) -> np.ndarray:
         from carlos.textual import BM25Index
@@ -264,8 +287,7 @@ class SearchService:
         log.info("embedding %d LoRA descriptions with %s (once; stored)", len(docs), emb.model_id)
         matrix = emb.embed(docs)
         order = np.argsort(view.ids)
-        self.store.put_text_matrix(emb.model_id, [view.ids[i] for i in order],
-                                   [hashes[i] for i in order], matrix[order])  # fmt: skip
+        self.store.put_text_matrix(emb.model_id, [view.ids[i] for i in order], [hashes[i] for i in order], matrix[order])
         return matrix, emb.model_id
 
     def text_scores(self, view: CorpusView, q: str, model: str | None) -> tuple[np.ndarray, str]:
@@ -284,21 +306,29 @@ class SearchService:
         except WeightsUnavailableError as e:
             notes.append(f"text-embedding seeds unavailable ({str(e).splitlines()[0]}); BM25 only")
         fused = textual_seed_scores(sources)
-        seeds = seed_direction(view, fused, config.thresholds, n_seeds=config.seeds,
-                               min_cos=config.seed_min_cos)  # fmt: skip
-        notes.insert(0, "text-seeded behaviour search: the query direction is formed from the "
-                     f"directions of {len(seeds.used)} LoRAs whose names/descriptions match "
-                     f"({len(seeds.trimmed)} outliers trimmed), then the corpus is ranked by what "
-                     "LoRAs do")  # fmt: skip
+        seeds = seed_direction(view, fused, config.thresholds, n_seeds=config.seeds, min_cos=config.seed_min_cos)
+        notes.insert(
+            0,
+            "text-seeded behaviour search: the query direction is formed from the "
+            f"directions of {len(seeds.used)} LoRAs whose names/descriptions match "
+            f"({len(seeds.trimmed)} outliers trimmed), then the corpus is ranked by what "
+            "LoRAs do",
+        )
         if seeds.direction is None:
-            return replace(rank(view, np.full(len(view), np.nan), retriever="behaviour", query=q,
-                                thresholds=config.thresholds, top_k=config.top_k),
-                           notes=[f"no LoRA name or description matches {q!r}, so there is no "
-                                  "seed to form a behaviour direction from"])  # fmt: skip
-        return rank_direction(view, seeds.direction, retriever="behaviour", query=q,
-                              thresholds=config.thresholds, top_k=config.top_k, notes=notes,
-                              info={"seeds": seeds.used, "trimmed": seeds.trimmed,
-                                    "seed_weights": seeds.weights})  # fmt: skip
+            return replace(
+                rank(view, np.full(len(view), np.nan), retriever="behaviour", query=q, thresholds=config.thresholds, top_k=config.top_k),
+                notes=[f"no LoRA name or description matches {q!r}, so there is no seed to form a behaviour direction from"],
+            )
+        return rank_direction(
+            view,
+            seeds.direction,
+            retriever="behaviour",
+            query=q,
+            thresholds=config.thresholds,
+            top_k=config.top_k,
+            notes=notes,
+            info={"seeds": seeds.used, "trimmed": seeds.trimmed, "seed_weights": seeds.weights},
+        )
 
 
 def _default_clip_loader(name: str, checkpoint: str | None) -> Any:

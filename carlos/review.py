@@ -67,9 +67,14 @@ def release(store: Store, lora_id: str, reviewer: str) -> None:
 
 
 def decide(
-    store: Store, lora_id: str, reviewer: str, action: str, note: str | None = None,
-    *, require_claim: bool = True,
-) -> int:  # fmt: skip
+    store: Store,
+    lora_id: str,
+    reviewer: str,
+    action: str,
+    note: str | None = None,
+    *,
+    require_claim: bool = True,
+) -> int:
     """Record a decision; the item must be claimed by ``reviewer`` (or unclaimed when
     ``require_claim`` is False). Returns the decision id; the claim is released."""
     reviewer = _check_reviewer(reviewer)
@@ -118,25 +123,24 @@ def current_thresholds(store: Store) -> Thresholds:
 
 
 def set_thresholds(store: Store, thresholds: Thresholds, reviewer: str, note: str | None = None) -> int:
-    return store.record_thresholds(
-        thresholds.strength_max, thresholds.consistency_min, _check_reviewer(reviewer), note
-    )
+    return store.record_thresholds(thresholds.strength_max, thresholds.consistency_min, _check_reviewer(reviewer), note)
 
 
 def status_frame(store: Store, view: CorpusView) -> pd.DataFrame:
     """Per LoRA of ``view``: status, last reviewer/time/note and claim holder."""
     st = store.current_statuses()
-    df = view.frame[["lora_id", "name", "strength", "consistency", "sha256"]].merge(
-        st, on="lora_id", how="left"
-    )
+    df = view.frame[["lora_id", "name", "strength", "consistency", "sha256"]].merge(st, on="lora_id", how="left")
     df["status"] = df["status"].fillna("unreviewed")
     return df
 
 
 def review_queue(
-    store: Store, view: CorpusView, *, statuses: Iterable[str] = OPEN_STATUSES,
+    store: Store,
+    view: CorpusView,
+    *,
+    statuses: Iterable[str] = OPEN_STATUSES,
     near_duplicate_cos: float = 0.95,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """Items with the given statuses, each with its re-uploads (same sha256) and
     near-duplicates (direction cosine ≥ ``near_duplicate_cos``) grouped in."""
     statuses = tuple(statuses)
@@ -160,8 +164,7 @@ def review_queue(
     queue["near_duplicates"] = near
     sha_groups = df.dropna(subset=["sha256"]).groupby("sha256")["lora_id"].apply(list)
     queue["same_file"] = [
-        [x for x in sha_groups.get(s, []) if x != lid] if isinstance(s, str) else []
-        for s, lid in zip(queue["sha256"], queue["lora_id"])
+        [x for x in sha_groups.get(s, []) if x != lid] if isinstance(s, str) else [] for s, lid in zip(queue["sha256"], queue["lora_id"])
     ]
     return queue.sort_values("decided_at", ascending=False)
 

@@ -60,9 +60,7 @@ def annotate(frame: pd.DataFrame, policy: RiskPolicy | None = None) -> pd.DataFr
         df["flags"] = pd.Series(dtype=object)
         return df
     df["too_strong"] = df["strength"] > t.strength_max if t.strength_max is not None else False
-    df["too_unstable"] = (
-        df["consistency"] < t.consistency_min if t.consistency_min is not None else False
-    )
+    df["too_unstable"] = df["consistency"] < t.consistency_min if t.consistency_min is not None else False
     df["retained"] = ~(df["too_strong"] | df["too_unstable"])
     df["strength_pct"] = percentile_rank(df["strength"])
     df["consistency_pct"] = percentile_rank(df["consistency"])
@@ -157,9 +155,7 @@ def corpus_stats(frame: pd.DataFrame, embedder: str, policy: RiskPolicy | None =
         consistency_min=policy.thresholds.consistency_min,
         risk_classes={c: int((df["risk_class"] == c).sum()) for c in RISK_CLASSES},
         strength_range=(float(df["strength"].min()), float(df["strength"].max())) if n else (0, 0),
-        consistency_range=(float(df["consistency"].min()), float(df["consistency"].max()))
-        if n
-        else (0, 0),
+        consistency_range=(float(df["consistency"].min()), float(df["consistency"].max())) if n else (0, 0),
         strength_consistency_r=r,
     )
 

@@ -174,9 +174,7 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
                     continue
                 for stmt in statements:
                     con.execute(stmt)
-                con.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name]
-                )
+                con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
                 log.info("store %s: applied migration %d (%s)", self.path, version, name)
                 self._write_stamp()  # a new or changed file: a leftover stamp must not vouch for it
         return self.schema_version()
@@ -246,9 +244,7 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
     # -- imports -------------------------------------------------------------------------------
     def import_record(self, source: str, file_sha256: str) -> dict[str, Any] | None:
         with self.session() as con:
-            df = con.execute(
-                "SELECT * FROM imports WHERE source = ? AND file_sha256 = ?", [source, file_sha256]
-            ).df()
+            df = con.execute("SELECT * FROM imports WHERE source = ? AND file_sha256 = ?", [source, file_sha256]).df()
         return None if df.empty else df.iloc[0].to_dict()
 
     def imports(self) -> list[dict[str, Any]]:
@@ -258,16 +254,26 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
     def record_import(self, source: str, file_sha256: str, rows: int, details: dict) -> None:
         with self.session() as con:
             con.execute(
-                "INSERT INTO imports (source, file_sha256, rows, details) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (source, file_sha256) DO NOTHING",
+                "INSERT INTO imports (source, file_sha256, rows, details) VALUES (?, ?, ?, ?) ON CONFLICT (source, file_sha256) DO NOTHING",
                 [source, file_sha256, rows, json.dumps(details)],
             )
 
     # -- LoRAs -------------------------------------------------------------------------------
     _LORA_COLUMNS = (
-        "lora_id", "source", "version_id", "model_id", "name", "description", "nsfw_level",
-        "folder_name", "download_count", "sha256", "file_path", "file_report", "trigger_words",
-    )  # fmt: skip
+        "lora_id",
+        "source",
+        "version_id",
+        "model_id",
+        "name",
+        "description",
+        "nsfw_level",
+        "folder_name",
+        "download_count",
+        "sha256",
+        "file_path",
+        "file_report",
+        "trigger_words",
+    )
 
     def upsert_loras(self, rows: Sequence[dict[str, Any]]) -> int:
         """Insert LoRAs, leaving existing ids untouched; returns how many were new."""
@@ -288,8 +294,7 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
         with self.transaction() as con:
             before = con.execute("SELECT count(*) FROM loras").fetchone()[0]
             con.executemany(
-                f"INSERT INTO loras ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                "ON CONFLICT (lora_id) DO NOTHING",
+                f"INSERT INTO loras ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) ON CONFLICT (lora_id) DO NOTHING",
                 values,
             )
             added = con.execute("SELECT count(*) FROM loras").fetchone()[0] - before
@@ -311,8 +316,7 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
         text = str(key).strip()
         with self.session() as con:
             found = con.execute(
-                "SELECT lora_id FROM loras WHERE lora_id = ? OR sha256 = ? "
-                "OR CAST(version_id AS VARCHAR) = ? ORDER BY lora_id LIMIT 1",
+                "SELECT lora_id FROM loras WHERE lora_id = ? OR sha256 = ? OR CAST(version_id AS VARCHAR) = ? ORDER BY lora_id LIMIT 1",
                 [text, text.lower(), text],
             ).fetchone()
         if not found:
@@ -326,9 +330,18 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
 
     # -- representations -----------------------------------------------------------------------
     _REP_PROVENANCE = (
-        "protocol", "prompt_set", "prompt_hash", "seeds", "steps", "scale", "backend", "source",
-        "source_hash", "code_version", "job_id",
-    )  # fmt: skip
+        "protocol",
+        "prompt_set",
+        "prompt_hash",
+        "seeds",
+        "steps",
+        "scale",
+        "backend",
+        "source",
+        "source_hash",
+        "code_version",
+        "job_id",
+    )
 
     def put_representation(
         self,
@@ -341,15 +354,23 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
         provenance: dict[str, Any],
     ) -> int:
         """Store (or replace, for the same LoRA/embedder/protocol/backend) a representation."""
-        return self.put_representations([
-            dict(lora_id=lora_id, embedder=embedder, direction=direction, strength=strength,
-                 consistency=consistency, n_samples=n_samples, **provenance)
-        ])[0]  # fmt: skip
+        return self.put_representations(
+            [
+                dict(
+                    lora_id=lora_id,
+                    embedder=embedder,
+                    direction=direction,
+                    strength=strength,
+                    consistency=consistency,
+                    n_samples=n_samples,
+                    **provenance,
+                )
+            ]
+        )[0]
 
     def put_representations(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Bulk form of :meth:`put_representation`; one transaction."""
-        cols = ("lora_id", "embedder", "dim", "direction", "strength", "consistency",
-                "n_samples", *self._REP_PROVENANCE, "extra")  # fmt: skip
+        cols = ("lora_id", "embedder", "dim", "direction", "strength", "consistency", "n_samples", *self._REP_PROVENANCE, "extra")
         values = []
         for r in rows:
             vec = np.asarray(r["direction"], dtype=np.float32).ravel()
@@ -374,8 +395,7 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
                 )
                 ids.append(
                     con.execute(
-                        f"INSERT INTO representations ({', '.join(cols)}) VALUES ({placeholders}) "
-                        "RETURNING rep_id",
+                        f"INSERT INTO representations ({', '.join(cols)}) VALUES ({placeholders}) RETURNING rep_id",
                         v,
                     ).fetchone()[0]
                 )
@@ -385,9 +405,7 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
     def embedders(self) -> dict[str, int]:
         """Embedder id → number of LoRAs represented in that space."""
         with self.session() as con:
-            rows = con.execute(
-                "SELECT embedder, count(DISTINCT lora_id) FROM representations GROUP BY 1 ORDER BY 2 DESC"
-            ).fetchall()
+            rows = con.execute("SELECT embedder, count(DISTINCT lora_id) FROM representations GROUP BY 1 ORDER BY 2 DESC").fetchall()
         return {e: int(n) for e, n in rows}
 
     def corpus_frame(self, embedder: str) -> Any:
@@ -443,12 +461,15 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
             prov["created_at"] = r["created_at"]
             out.append(
                 StoredRepresentation(
-                    rep_id=int(r["rep_id"]), lora_id=r["lora_id"], embedder=r["embedder"],
+                    rep_id=int(r["rep_id"]),
+                    lora_id=r["lora_id"],
+                    embedder=r["embedder"],
                     direction=np.asarray(r["direction"], dtype=np.float32),
-                    strength=float(r["strength"]), consistency=float(r["consistency"]),
+                    strength=float(r["strength"]),
+                    consistency=float(r["consistency"]),
                     n_samples=None if r["n_samples"] != r["n_samples"] else int(r["n_samples"]),
                     provenance=prov,
-                )  # fmt: skip
+                )
             )
         return out
 
@@ -456,9 +477,7 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
     def get_cached_vector(self, kind: str, key: str) -> tuple[np.ndarray, dict] | None:
         """A cached vector (query direction, text embedding…) and its info, or None."""
         with self.session() as con:
-            row = con.execute(
-                "SELECT vector, info FROM vector_cache WHERE kind = ? AND cache_key = ?", [kind, key]
-            ).fetchone()
+            row = con.execute("SELECT vector, info FROM vector_cache WHERE kind = ? AND cache_key = ?", [kind, key]).fetchone()
         if row is None:
             return None
         return np.asarray(row[0], dtype=np.float32), json.loads(row[1] or "{}")
@@ -475,16 +494,12 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
 
     def count_cached(self, kind: str) -> int:
         with self.session() as con:
-            return int(
-                con.execute("SELECT count(*) FROM vector_cache WHERE kind = ?", [kind]).fetchone()[0]
-            )
+            return int(con.execute("SELECT count(*) FROM vector_cache WHERE kind = ?", [kind]).fetchone()[0])
 
     def text_documents(self) -> Any:
         """lora_id, name, description, folder_name of every LoRA (textual baselines)."""
         with self.session() as con:
-            return con.execute(
-                "SELECT lora_id, name, description, folder_name FROM loras ORDER BY lora_id"
-            ).df()
+            return con.execute("SELECT lora_id, name, description, folder_name FROM loras ORDER BY lora_id").df()
 
     def get_text_matrix(self, model: str) -> tuple[list[str], list[str], np.ndarray] | None:
         with self.session() as con:
@@ -499,9 +514,7 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
         hashes = table.column("text_hash").to_pylist()
         return ids, hashes, flat.astype(np.float32).reshape(len(ids), -1)
 
-    def put_text_matrix(
-        self, model: str, ids: Sequence[str], hashes: Sequence[str], matrix: np.ndarray
-    ) -> None:
+    def put_text_matrix(self, model: str, ids: Sequence[str], hashes: Sequence[str], matrix: np.ndarray) -> None:
         with self.transaction() as con:
             con.execute("DELETE FROM text_embeddings WHERE model = ?", [model])
             con.executemany(
@@ -513,9 +526,7 @@ class Store(ReviewSQL, JobsSQL, BulkSQL):
     def get_map(self, map_key: str) -> Any:
         """Cached 2-D coordinates (lora_id, x, y) of a map, empty frame if absent."""
         with self.session() as con:
-            return con.execute(
-                "SELECT lora_id, x, y FROM map_cache WHERE map_key = ? ORDER BY lora_id", [map_key]
-            ).df()
+            return con.execute("SELECT lora_id, x, y FROM map_cache WHERE map_key = ? ORDER BY lora_id", [map_key]).df()
 
     def put_map(self, map_key: str, ids: Sequence[str], xy: np.ndarray) -> None:
         xy = np.asarray(xy, dtype=np.float64)

@@ -59,29 +59,30 @@ class BulkSQL:
             raise InvalidInputError("bulk insert: lora ids must be unique")
         names = ids if names is None else [str(x) for x in names]
         dim = int(m.shape[1])
-        table = pa.table({
-            "lora_id": pa.array(ids, pa.string()), "name": pa.array(names, pa.string()),
-            "direction": pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), dim),
-            "strength": pa.array(s), "consistency": pa.array(c),
-        })  # fmt: skip
+        table = pa.table(
+            {
+                "lora_id": pa.array(ids, pa.string()),
+                "name": pa.array(names, pa.string()),
+                "direction": pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), dim),
+                "strength": pa.array(s),
+                "consistency": pa.array(c),
+            }
+        )
         view = "carlos_bulk_rows"
         with self.transaction() as con:
             con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on stdout (--json)
             con.register(view, table)
             try:
                 clash = con.execute(
-                    f"SELECT count(*) FROM representations r JOIN {view} b ON r.lora_id = b.lora_id "
-                    "WHERE r.embedder = ?",
+                    f"SELECT count(*) FROM representations r JOIN {view} b ON r.lora_id = b.lora_id WHERE r.embedder = ?",
                     [embedder],
                 ).fetchall()[0][0]
                 if clash:
                     raise InvalidInputError(
-                        f"{clash} of these LoRAs already have a {embedder} representation; "
-                        "bulk insert is for new LoRAs only"
+                        f"{clash} of these LoRAs already have a {embedder} representation; bulk insert is for new LoRAs only"
                     )
                 con.execute(
-                    f"INSERT INTO loras (lora_id, source, name) SELECT lora_id, ?, name FROM {view} "
-                    "ON CONFLICT (lora_id) DO NOTHING",
+                    f"INSERT INTO loras (lora_id, source, name) SELECT lora_id, ?, name FROM {view} ON CONFLICT (lora_id) DO NOTHING",
                     [source],
                 )
                 con.execute(
@@ -97,7 +98,11 @@ class BulkSQL:
         return n
 
     def load_directions(
-        self, embedder: str, *, out: np.ndarray | None = None, chunk_rows: int = 8_192,
+        self,
+        embedder: str,
+        *,
+        out: np.ndarray | None = None,
+        chunk_rows: int = 8_192,
         memory_limit: str | None = "128MB",
     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """(lora ids, (n, dim) float32 directions, strength, consistency) of the latest
@@ -121,8 +126,7 @@ class BulkSQL:
         with self.session() as con, self._memory_limit(con, memory_limit):
             con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on stdout (--json)
             n, dmin, dmax = con.execute(
-                f"SELECT count(*), min(dim), max(dim) FROM representations "
-                f"WHERE embedder = ? AND rep_id IN ({latest})",
+                f"SELECT count(*), min(dim), max(dim) FROM representations WHERE embedder = ? AND rep_id IN ({latest})",
                 [embedder, embedder],
             ).fetchall()[0]
             n = int(n)
@@ -139,8 +143,7 @@ class BulkSQL:
             consistency = np.empty(n, dtype=np.float64)
             ids: list[str] = []
             reader = con.sql(
-                "SELECT lora_id, strength, consistency, direction FROM representations "
-                f"WHERE embedder = ? AND rep_id IN ({latest})",
+                f"SELECT lora_id, strength, consistency, direction FROM representations WHERE embedder = ? AND rep_id IN ({latest})",
                 params=[embedder, embedder],
             ).to_arrow_reader(chunk_rows)
             pos = 0

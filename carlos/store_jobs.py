@@ -19,9 +19,15 @@ class JobsSQL:
     """Job-related statements; ``self.session()`` / ``transaction()`` come from Store."""
 
     def enqueue_job(
-        self, lora_id: str, file_path: str, backend: str, protocol: str, total: int,
-        options: dict[str, Any], requested_by: str | None,
-    ) -> int:  # fmt: skip
+        self,
+        lora_id: str,
+        file_path: str,
+        backend: str,
+        protocol: str,
+        total: int,
+        options: dict[str, Any],
+        requested_by: str | None,
+    ) -> int:
         with self.session() as con:  # type: ignore[attr-defined]
             row = con.execute(
                 "INSERT INTO jobs (lora_id, file_path, backend, protocol, total, options, requested_by) "
@@ -59,9 +65,7 @@ class JobsSQL:
                 [lora_id, backend, protocol],
             ).fetchall()
 
-    def claim_next_job(
-        self, worker: str, stale_after_s: float, job_id: int | None = None
-    ) -> dict[str, Any] | None:
+    def claim_next_job(self, worker: str, stale_after_s: float, job_id: int | None = None) -> dict[str, Any] | None:
         """Atomically take the oldest queued job (or ``job_id``), or a running one whose
         worker went silent for ``stale_after_s``."""
         with self.transaction() as con:  # type: ignore[attr-defined]
@@ -93,8 +97,7 @@ class JobsSQL:
         finished = status in ("finished", "failed", "cancelled")
         with self.session() as con:  # type: ignore[attr-defined]
             con.execute(
-                "UPDATE jobs SET status = ?, error = ?, "
-                "finished_at = CASE WHEN ? THEN now() ELSE finished_at END WHERE job_id = ?",
+                "UPDATE jobs SET status = ?, error = ?, finished_at = CASE WHEN ? THEN now() ELSE finished_at END WHERE job_id = ?",
                 [status, error, finished, int(job_id)],
             )
 
@@ -113,28 +116,32 @@ class JobsSQL:
             con.executemany(
                 "INSERT INTO pair_results (job_id, pair_index, prompt, category, seed, diff) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [[int(job_id), int(r["pair_index"]), r["prompt"], r.get("category"), int(r["seed"]),
-                  np.asarray(r["diff"], dtype=np.float32).tolist()] for r in rows],
-            )  # fmt: skip
-            done = con.execute(
-                "SELECT count(*) FROM pair_results WHERE job_id = ?", [int(job_id)]
-            ).fetchone()[0]
+                [
+                    [
+                        int(job_id),
+                        int(r["pair_index"]),
+                        r["prompt"],
+                        r.get("category"),
+                        int(r["seed"]),
+                        np.asarray(r["diff"], dtype=np.float32).tolist(),
+                    ]
+                    for r in rows
+                ],
+            )
+            done = con.execute("SELECT count(*) FROM pair_results WHERE job_id = ?", [int(job_id)]).fetchone()[0]
             con.execute("UPDATE jobs SET done = ?, heartbeat = now() WHERE job_id = ?", [done, job_id])
         return int(done)
 
     def done_pairs(self, job_id: int) -> set[int]:
         with self.session() as con:  # type: ignore[attr-defined]
-            rows = con.execute(
-                "SELECT pair_index FROM pair_results WHERE job_id = ?", [int(job_id)]
-            ).fetchall()
+            rows = con.execute("SELECT pair_index FROM pair_results WHERE job_id = ?", [int(job_id)]).fetchall()
         return {int(r[0]) for r in rows}
 
     def pair_diffs(self, job_id: int) -> tuple[pd.DataFrame, np.ndarray]:
         """(pair metadata ordered by pair_index, float32 (n, d) diffs)."""
         with self.session() as con:  # type: ignore[attr-defined]
             df = con.execute(
-                "SELECT pair_index, prompt, category, seed, diff FROM pair_results "
-                "WHERE job_id = ? ORDER BY pair_index",
+                "SELECT pair_index, prompt, category, seed, diff FROM pair_results WHERE job_id = ? ORDER BY pair_index",
                 [int(job_id)],
             ).df()
         diffs = np.array(df.pop("diff").tolist(), dtype=np.float32) if len(df) else np.zeros((0, 0))
@@ -145,9 +152,7 @@ class JobsSQL:
         if not keys:
             return {}
         with self.session() as con:  # type: ignore[attr-defined]
-            df = con.execute(
-                "SELECT prompt, seed, embedding FROM base_cache WHERE base_key = ?", [base_key]
-            ).df()
+            df = con.execute("SELECT prompt, seed, embedding FROM base_cache WHERE base_key = ?", [base_key]).df()
         wanted = set(keys)
         return {
             (p, int(s)): np.asarray(e, dtype=np.float32)
@@ -158,8 +163,7 @@ class JobsSQL:
     def put_base_embeddings(self, base_key: str, rows: Sequence[tuple[str, int, np.ndarray, bytes | None]]) -> None:
         with self.session() as con:  # type: ignore[attr-defined]
             con.executemany(
-                "INSERT INTO base_cache (base_key, prompt, seed, embedding, thumbnail) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO base_cache (base_key, prompt, seed, embedding, thumbnail) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [[base_key, p, int(s), np.asarray(e, dtype=np.float32).tolist(), t] for p, s, e, t in rows],
             )
 
@@ -174,8 +178,7 @@ class JobsSQL:
     def put_thumbnails(self, job_id: int, rows: Sequence[tuple[int, bytes, bytes]]) -> None:
         with self.session() as con:  # type: ignore[attr-defined]
             con.executemany(
-                "INSERT INTO thumbnails (job_id, pair_index, base_png, lora_png) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
+                "INSERT INTO thumbnails (job_id, pair_index, base_png, lora_png) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [[int(job_id), int(i), base, lora] for i, base, lora in rows],
             )
 

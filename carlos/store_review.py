@@ -15,9 +15,14 @@ class ReviewSQL:
     """Review-related statements; ``self.session()`` / ``transaction()`` come from Store."""
 
     def append_decision(
-        self, lora_id: str, reviewer: str, action: str, status_before: str, status_after: str,
+        self,
+        lora_id: str,
+        reviewer: str,
+        action: str,
+        status_before: str,
+        status_after: str,
         note: str | None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         with self.session() as con:  # type: ignore[attr-defined]
             row = con.execute(
                 "INSERT INTO decisions (lora_id, reviewer, action, status_before, status_after, note) "
@@ -26,9 +31,7 @@ class ReviewSQL:
             ).fetchone()
         return int(row[0])
 
-    def decisions(
-        self, lora_id: str | None = None, reviewer: str | None = None, limit: int | None = None
-    ) -> pd.DataFrame:
+    def decisions(self, lora_id: str | None = None, reviewer: str | None = None, limit: int | None = None) -> pd.DataFrame:
         """Audit log, newest first, optionally filtered."""
         sql = "SELECT d.*, l.name FROM decisions d LEFT JOIN loras l USING (lora_id) WHERE 1=1"
         params: list[Any] = []
@@ -63,8 +66,7 @@ class ReviewSQL:
     def status_of(self, lora_id: str) -> str | None:
         with self.session() as con:  # type: ignore[attr-defined]
             row = con.execute(
-                "SELECT status_after FROM decisions WHERE lora_id = ? "
-                "ORDER BY created_at DESC, decision_id DESC LIMIT 1",
+                "SELECT status_after FROM decisions WHERE lora_id = ? ORDER BY created_at DESC, decision_id DESC LIMIT 1",
                 [lora_id],
             ).fetchone()
         return row[0] if row else None
@@ -90,13 +92,10 @@ class ReviewSQL:
             row = con.execute("SELECT reviewer FROM claims WHERE lora_id = ?", [lora_id]).fetchone()
         return row[0] if row else None
 
-    def record_thresholds(
-        self, strength_max: float | None, consistency_min: float | None, reviewer: str, note: str | None
-    ) -> int:
+    def record_thresholds(self, strength_max: float | None, consistency_min: float | None, reviewer: str, note: str | None) -> int:
         with self.session() as con:  # type: ignore[attr-defined]
             row = con.execute(
-                "INSERT INTO threshold_settings (strength_max, consistency_min, reviewer, note) "
-                "VALUES (?, ?, ?, ?) RETURNING setting_id",
+                "INSERT INTO threshold_settings (strength_max, consistency_min, reviewer, note) VALUES (?, ?, ?, ?) RETURNING setting_id",
                 [strength_max, consistency_min, reviewer, note],
             ).fetchone()
         return int(row[0])

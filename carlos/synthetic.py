@@ -37,8 +37,7 @@ class CorpusModel:
         return int(self.mean.shape[0])
 
     @classmethod
-    def fit(cls, matrix: np.ndarray, strength: np.ndarray, consistency: np.ndarray, *,
-            rank: int = 64, jitter: float = 0.05) -> CorpusModel:  # fmt: skip
+    def fit(cls, matrix: np.ndarray, strength: np.ndarray, consistency: np.ndarray, *, rank: int = 64, jitter: float = 0.05) -> CorpusModel:
         """Fit on real directions and their values (rows aligned)."""
         m = np.asarray(matrix, dtype=np.float64)
         s = np.asarray(strength, dtype=np.float64)
@@ -55,12 +54,16 @@ class CorpusModel:
         comps = vt[:rank]
         resid = centred - (centred @ comps.T) @ comps
         ratio = norms[ok] / (s[ok] * np.sqrt(c[ok]))
-        return cls(mean=mean, components=comps, sdev=sv[:rank] / np.sqrt(centred.shape[0] - 1),
-                   resid_sdev=resid.std(axis=0), triples=np.stack([s[ok], c[ok], ratio], axis=1),
-                   jitter=float(jitter))  # fmt: skip
+        return cls(
+            mean=mean,
+            components=comps,
+            sdev=sv[:rank] / np.sqrt(centred.shape[0] - 1),
+            resid_sdev=resid.std(axis=0),
+            triples=np.stack([s[ok], c[ok], ratio], axis=1),
+            jitter=float(jitter),
+        )
 
-    def sample(self, n: int, *, seed: int = 0, block: int = BLOCK_ROWS
-               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:  # fmt: skip
+    def sample(self, n: int, *, seed: int = 0, block: int = BLOCK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Blocks of (float32 directions, strength, consistency) totalling ``n`` rows."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InvalidInputError(f"n must be a non-negative int, got {n!r}")
@@ -77,9 +80,15 @@ class CorpusModel:
             yield (u * norm[:, None]).astype(np.float32), s, c
 
 
-def corpus_statistics(matrix: np.ndarray, strength: np.ndarray, consistency: np.ndarray, *,
-                      thresholds: Thresholds | None = None, sample: int = 2000, seed: int = 0
-                      ) -> dict[str, float]:  # fmt: skip
+def corpus_statistics(
+    matrix: np.ndarray,
+    strength: np.ndarray,
+    consistency: np.ndarray,
+    *,
+    thresholds: Thresholds | None = None,
+    sample: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
     """Summary numbers to compare a synthetic corpus with the real one."""
     t = thresholds or Thresholds()
     m = np.asarray(matrix, dtype=np.float64)
@@ -103,6 +112,5 @@ def corpus_statistics(matrix: np.ndarray, strength: np.ndarray, consistency: np.
         "corr_strength_consistency": float(np.corrcoef(s, c)[0, 1]),
         "corr_norm_strength": float(np.corrcoef(norms, s)[0, 1]),
         "share_over_strength": float((s > t.strength_max).mean()) if t.strength_max is not None else 0.0,
-        "share_under_consistency": (float((c < t.consistency_min).mean())
-                                    if t.consistency_min is not None else 0.0),
-    }  # fmt: skip
+        "share_under_consistency": (float((c < t.consistency_min).mean()) if t.consistency_min is not None else 0.0),
+    }

@@ -122,8 +122,11 @@ def make_test_lora(
 
     gen = torch.Generator().manual_seed(seed)
     tdtype = getattr(torch, dtype)
-    prefixes = {"unet": ("lora_unet_", "unet."), "text_encoder": ("lora_te1_", "text_encoder."),
-                "text_encoder_2": ("lora_te2_", "text_encoder_2.")}
+    prefixes = {
+        "unet": ("lora_unet_", "unet."),
+        "text_encoder": ("lora_te1_", "text_encoder."),
+        "text_encoder_2": ("lora_te2_", "text_encoder_2."),
+    }
     tensors: dict[str, torch.Tensor] = {}
     for comp, layers in _linear_layers().items():
         if comp != "unet" and not text_encoders:

@@ -34,10 +34,42 @@ logger = logging.getLogger(__name__)
 #: Tags whose end starts a new "line": without a separator "<p>a</p><p>b</p>" would glue "ab".
 _BLOCK_TAGS = frozenset(
     {
-        "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt",
-        "figcaption", "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
-        "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "td",
-        "tfoot", "th", "thead", "tr", "ul"
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "br",
+        "dd",
+        "div",
+        "dl",
+        "dt",
+        "figcaption",
+        "figure",
+        "footer",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "header",
+        "hr",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "summary",
+        "table",
+        "tbody",
+        "td",
+        "tfoot",
+        "th",
+        "thead",
+        "tr",
+        "ul",
     }
 )
 #: Tags whose content is code or markup, never prose.
@@ -45,9 +77,7 @@ _SKIP_TAGS = frozenset({"script", "style", "template", "noscript", "svg", "math"
 #: Prompt syntax creators paste unescaped ("<lora:name:0.8>"): text, not HTML.
 _PROMPT_TAG_PREFIXES = ("lora:", "lyco:", "hypernet:", "embedding:")
 # A URL ends before trailing sentence punctuation ("see www.x.org/a." keeps the period).
-_URL_RE = re.compile(
-    r"(?:https?://|ftp://|www\.)[^\s<>\"'()\[\]{}]*[^\s<>\"'()\[\]{}.,;:!?]", re.IGNORECASE
-)
+_URL_RE = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>\"'()\[\]{}]*[^\s<>\"'()\[\]{}.,;:!?]", re.IGNORECASE)
 _WS_RE = re.compile(r"\s+")
 
 
@@ -137,12 +167,68 @@ TOKENIZER_VERSION = 1
 
 _STOPWORDS = frozenset(
     {
-        "a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "for", "from", "has",
-        "have", "he", "her", "his", "if", "in", "into", "is", "it", "its", "me", "my", "no",
-        "not", "of", "on", "or", "our", "she", "so", "than", "that", "the", "their", "them",
-        "then", "there", "these", "they", "this", "those", "to", "too", "up", "us", "was",
-        "we", "were", "what", "when", "where", "which", "while", "who", "why", "will", "with",
-        "you", "your"
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "to",
+        "too",
+        "up",
+        "us",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
     }
 )
 # Scripts written without spaces between words: Han (incl. ext. A, compatibility, ext. B+),
@@ -345,8 +431,7 @@ class BM25Index:
             or (n_post and (arr["doc_ids"].min() < 0 or arr["doc_ids"].max() >= len(arr["doc_len"])))
         ):
             raise InvalidInputError("corrupt serialized BM25Index: array sizes do not agree; rebuild it")
-        return cls(config, vocab, arr["indptr"], arr["doc_ids"], arr["tfs"], arr["doc_len"],
-                   str(state.get("fingerprint", "")))
+        return cls(config, vocab, arr["indptr"], arr["doc_ids"], arr["tfs"], arr["doc_len"], str(state.get("fingerprint", "")))
 
 
 # --------------------------------------------------------------------------- embedder
@@ -413,8 +498,9 @@ class TextEmbedder:
     (pass ``model_id=`` to override, e.g. to tell two local folders of the same name apart).
     """
 
-    def __init__(self, model: str | Path | None = None, *, device: str = "cpu",
-                 model_id: str | None = None, max_seq_length: int | None = 128) -> None:
+    def __init__(
+        self, model: str | Path | None = None, *, device: str = "cpu", model_id: str | None = None, max_seq_length: int | None = 128
+    ) -> None:
         self.path, resolved_id = resolve_text_model(model)
         # LoRA documents are name + a long description; the first 128 word pieces carry what
         # matters and cost a quarter of the attention of the model's 256 (CPU time on 740 docs).
@@ -429,9 +515,7 @@ class TextEmbedder:
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
-                raise WeightsUnavailableError(
-                    "sentence-transformers is not installed: `pip install sentence-transformers`"
-                ) from exc
+                raise WeightsUnavailableError("sentence-transformers is not installed: `pip install sentence-transformers`") from exc
             logger.info("loading text embedder %s from %s", self.model_id, self.path)
             try:
                 self._model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
@@ -445,8 +529,7 @@ class TextEmbedder:
     def dimension(self) -> int:
         return int(self._load().get_embedding_dimension())
 
-    def embed(self, texts: Sequence[str], batch_size: int = 32,
-              progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int = 32, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Embeddings of ``texts``, shape (n, d), float32, unit rows (all-zero rows stay zero).
 
         Texts are batched longest first (less padding) and returned in input order;
@@ -461,8 +544,9 @@ class TextEmbedder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            emb = model.encode([texts[i] for i in idx], batch_size=batch_size, show_progress_bar=False,
-                               convert_to_numpy=True, normalize_embeddings=False)
+            emb = model.encode(
+                [texts[i] for i in idx], batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True, normalize_embeddings=False
+            )
             out[idx] = emb
             if progress is not None:
                 progress(min(start + batch_size, len(order)), len(order))

@@ -16,16 +16,18 @@ from app_support import (
     get_store,
     page_setup,
     write_note,
-)  # fmt: skip
+)
 from carlos import jobs
 from carlos.capabilities import sdxl_weights
 from carlos.characterize import PROTOCOLS
 
 user = page_setup()
 st.title("Characterize an upload")
-st.caption("Generates images with and without the LoRA (same prompts and seeds), embeds both with "
-           "CLIP and stores Direction, Strength and Consistency. Only .safetensors files are accepted; "
-           "nothing is ever unpickled.")  # fmt: skip
+st.caption(
+    "Generates images with and without the LoRA (same prompts and seeds), embeds both with "
+    "CLIP and stores Direction, Strength and Consistency. Only .safetensors files are accepted; "
+    "nothing is ever unpickled."
+)
 store = get_store()
 caps = capabilities()
 sdxl = sdxl_weights()
@@ -40,15 +42,20 @@ write_note(user)
 upload = st.file_uploader("LoRA file (.safetensors)", type=None, disabled=not user.can_write)
 c1, c2, c3 = st.columns(3)
 backend = c1.radio("Backend", list(backends), format_func=backends.get)
-protocol = c2.radio("Protocol", list(PROTOCOLS), index=2 if backend == "tiny" else 1,
-                    format_func=lambda p: f"{p}: {PROTOCOLS[p].description}")  # fmt: skip
+protocol = c2.radio(
+    "Protocol", list(PROTOCOLS), index=2 if backend == "tiny" else 1, format_func=lambda p: f"{p}: {PROTOCOLS[p].description}"
+)
 trigger = c3.text_input("Trigger words (appended to the LoRA prompts)", max_chars=200)
 if backend == "tiny":
-    st.warning("The tiny backend is a test and demo pipeline with random weights. Its Strength and "
-               "Consistency show that the flow works; they say nothing about the LoRA.")  # fmt: skip
+    st.warning(
+        "The tiny backend is a test and demo pipeline with random weights. Its Strength and "
+        "Consistency show that the flow works; they say nothing about the LoRA."
+    )
 elif not sdxl_ok:
-    st.error(f"The sdxl backend needs SDXL base 1.0 and CLIP ViT-B/32 weights on this machine "
-             f"({sdxl.detail}; {caps.clip_weights.detail}). See the README, section *Real model weights*.")  # fmt: skip
+    st.error(
+        f"The sdxl backend needs SDXL base 1.0 and CLIP ViT-B/32 weights on this machine "
+        f"({sdxl.detail}; {caps.clip_weights.detail}). See the README, section *Real model weights*."
+    )
     st.stop()
 if backend == "sdxl" and not caps.gpu.available:
     st.warning("No GPU: full-size SDXL on the CPU takes minutes per image (the worker logs an estimate).")
@@ -60,8 +67,10 @@ if upload is not None:
         report = jobs.inspect_upload(path, upload.name, backend)
         st.subheader("Validation report")
         if report.ok:
-            st.success(f"{report.format} LoRA for {report.base_family.upper()}, {report.n_tensors} tensors, "
-                       f"rank {report.rank}, sha256 `{report.sha256[:16]}…`")  # fmt: skip
+            st.success(
+                f"{report.format} LoRA for {report.base_family.upper()}, {report.n_tensors} tensors, "
+                f"rank {report.rank}, sha256 `{report.sha256[:16]}…`"
+            )
         else:
             st.error(f"Refused: {report.error}")
         for c in report.contradictions:
@@ -75,8 +84,15 @@ if upload is not None:
             st.json(report.metadata or {})
         if report.ok and st.button("Enqueue characterization", type="primary", disabled=not user.can_write):
             with explained("enqueue the job"):
-                sub = jobs.submit(store, path, backend=backend, protocol=protocol, trigger=trigger or None,
-                                  original_name=upload.name, requested_by=user.name)  # fmt: skip
+                sub = jobs.submit(
+                    store,
+                    path,
+                    backend=backend,
+                    protocol=protocol,
+                    trigger=trigger or None,
+                    original_name=upload.name,
+                    requested_by=user.name,
+                )
                 st.session_state["char_job"] = sub.job_id
                 if sub.duplicate_of_job is not None:
                     st.info(f"An identical job (#{sub.job_id}) already exists; showing it.")
@@ -98,15 +114,18 @@ def progress_panel() -> None:
     elif job["status"] == "failed":
         st.error(f"Failed: {job['error']}")
     elif job["status"] == "finished":
-        rep = next((r for r in store.representations_of(job["lora_id"])
-                    if r.provenance.get("job_id") == job_id), None)  # fmt: skip
+        rep = next((r for r in store.representations_of(job["lora_id"]) if r.provenance.get("job_id") == job_id), None)
         if rep is not None:
             c = st.columns(3)
             c[0].metric("Strength", f"{rep.strength:.3f}")
             c[1].metric("Consistency", f"{rep.consistency:.4f}")
             c[2].metric("Pairs", rep.n_samples)
-            st.page_link("pages/detail.py", label="Open its detail page (neighbours, per-category Strength, "
-                         "image pairs, flags)", icon="🔬", query_params={"lora": job["lora_id"]})  # fmt: skip
+            st.page_link(
+                "pages/detail.py",
+                label="Open its detail page (neighbours, per-category Strength, image pairs, flags)",
+                icon="🔬",
+                query_params={"lora": job["lora_id"]},
+            )
             if rep.embedder.startswith("tiny"):
                 st.caption("Demo space (tiny CLIP): it is not placed on the corpus's scatter or map.")
             else:
@@ -117,5 +136,10 @@ progress_panel()
 recent = store.jobs(limit=20)
 if len(recent):
     st.subheader("Recent jobs")
-    st.dataframe(pd.DataFrame(recent)[["job_id", "lora_id", "backend", "protocol", "status", "done", "total",
-                                       "requested_by", "created_at", "error"]], hide_index=True, width="stretch")  # fmt: skip
+    st.dataframe(
+        pd.DataFrame(recent)[
+            ["job_id", "lora_id", "backend", "protocol", "status", "done", "total", "requested_by", "created_at", "error"]
+        ],
+        hide_index=True,
+        width="stretch",
+    )

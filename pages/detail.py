@@ -37,8 +37,14 @@ names = dict(zip(frame["lora_id"], frame["name"]))
 url_default("detail_lora", None, param="lora", parse=store.resolve_lora_id)
 if st.session_state["detail_lora"] not in names and st.session_state["detail_lora"] is not None:
     names[st.session_state["detail_lora"]] = st.session_state["detail_lora"]  # no representation yet
-lid = st.selectbox("LoRA (type to search by name)", list(names), key="detail_lora", index=None,
-                   format_func=lambda i: f"{names[i]} ({i})", placeholder="Choose a LoRA")
+lid = st.selectbox(
+    "LoRA (type to search by name)",
+    list(names),
+    key="detail_lora",
+    index=None,
+    format_func=lambda i: f"{names[i]} ({i})",
+    placeholder="Choose a LoRA",
+)
 keep("detail_lora", param="lora", fmt=lambda v: v or None)
 if lid is None:
     st.info("Choose a LoRA above, or open one from the Risk, Map or Review pages.")
@@ -48,8 +54,11 @@ lora = store.get_lora(lid)
 row = frame.loc[lid] if lid in frame.index else None
 st.title(lora.get("name") or lid)
 url = civitai_url(lora.get("model_id"), lora.get("version_id"))
-st.caption(f"`{lid}` · source {lora.get('source')}" + (f" · [Civitai model {lora['model_id']}, version "
-           f"{lora['version_id']}]({url})" if url else "") + (f" · sha256 `{lora['sha256']}`" if lora.get("sha256") else ""))  # fmt: skip
+st.caption(
+    f"`{lid}` · source {lora.get('source')}"
+    + (f" · [Civitai model {lora['model_id']}, version {lora['version_id']}]({url})" if url else "")
+    + (f" · sha256 `{lora['sha256']}`" if lora.get("sha256") else "")
+)
 c = st.columns(4)
 c[0].metric("NSFW", row["nsfw"] if row is not None else "unknown")
 c[1].metric("Downloads", "—" if pd.isna(lora.get("download_count")) else f"{int(lora['download_count']):,}")
@@ -67,10 +76,14 @@ if report:
     st.subheader("What the file declares")
     for text in report.get("contradictions") or []:
         st.warning(f"Metadata contradicts the tensors: {text}")
-    st.table(pd.DataFrame({"field": ["format", "base model (tensors)", "base model (metadata)", "rank",
-                                     "trigger words"],
-                           "value": [str(report.get(k)) for k in ("format", "base_family", "declared_base",
-                                                                   "rank", "trigger_words")]}))  # fmt: skip
+    st.table(
+        pd.DataFrame(
+            {
+                "field": ["format", "base model (tensors)", "base model (metadata)", "rank", "trigger words"],
+                "value": [str(report.get(k)) for k in ("format", "base_family", "declared_base", "rank", "trigger_words")],
+            }
+        )
+    )
     with st.expander("All declared metadata"):
         st.json(report.get("metadata") or {})
 
@@ -90,8 +103,10 @@ if not pairs.empty:
         st.subheader("Base / LoRA image pairs")
         image_pairs(thumbs, reveal=st.toggle("Reveal images (blurred until revealed)", key="detail_reveal"))
 else:
-    st.caption("No per-pair data: this LoRA was not characterized on this machine (corpus LoRAs come "
-               "with the authors' Direction, Strength and Consistency only).")  # fmt: skip
+    st.caption(
+        "No per-pair data: this LoRA was not characterized on this machine (corpus LoRAs come "
+        "with the authors' Direction, Strength and Consistency only)."
+    )
 
 if row is not None:
     st.subheader("Behaves like …")
@@ -102,10 +117,15 @@ if row is not None:
     if len(nb):
         nb["details"] = nb["lora_id"].map(detail_url)
         nb["excluded_because"] = nb["excluded_because"].map("; ".join)
-        st.dataframe(nb[["rank", "name", "score", "strength", "consistency", "excluded_because", "details"]],
-                     hide_index=True, width="stretch",
-                     column_config={"score": st.column_config.NumberColumn("cosine", format="%.3f"),
-                                    "details": st.column_config.LinkColumn("Details", display_text="open")})  # fmt: skip
+        st.dataframe(
+            nb[["rank", "name", "score", "strength", "consistency", "excluded_because", "details"]],
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "score": st.column_config.NumberColumn("cosine", format="%.3f"),
+                "details": st.column_config.LinkColumn("Details", display_text="open"),
+            },
+        )
 
 st.subheader("Review")
 decision_panel(store, lid, user)
@@ -113,5 +133,4 @@ history = store.decisions(lid)
 if history.empty:
     st.caption("No decisions on this LoRA yet.")
 else:
-    st.dataframe(history[["created_at", "reviewer", "action", "status_before", "status_after", "note"]],
-                 hide_index=True, width="stretch")  # fmt: skip
+    st.dataframe(history[["created_at", "reviewer", "action", "status_before", "status_after", "note"]], hide_index=True, width="stretch")

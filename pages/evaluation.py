@@ -16,22 +16,23 @@ from carlos.evaluation import (
     load_queries,
     relevance_figure,
     relevance_frame,
-)  # fmt: skip
+)
 from carlos.retrieval import LABELS
 
 user = page_setup()
 st.title("Evaluation: how diverse are the rankings?")
-st.caption("Over the team's evaluation queries, count how often each LoRA appears in a retriever's top-k: "
-           "Normalized Entropy (1 = every slot a different LoRA) and Effective LoRA Count (exp of the "
-           "entropy). A retriever that keeps returning the same few LoRAs scores low.")  # fmt: skip
+st.caption(
+    "Over the team's evaluation queries, count how often each LoRA appears in a retriever's top-k: "
+    "Normalized Entropy (1 = every slot a different LoRA) and Effective LoRA Count (exp of the "
+    "entropy). A retriever that keeps returning the same few LoRAs scores low."
+)
 view = require_corpus()
 thresholds = threshold_sidebar(view, user)
 status = {s.name: s for s in search_service().status()}
 usable = [r for r, s in status.items() if s.available]
 with st.sidebar:
     st.subheader("Evaluation")
-    chosen = st.multiselect("Retrievers", usable, default=[r for r in usable if r != "text-embedding"] or usable,
-                            format_func=LABELS.get)  # fmt: skip
+    chosen = st.multiselect("Retrievers", usable, default=[r for r in usable if r != "text-embedding"] or usable, format_func=LABELS.get)
     per_category = st.slider("Queries per category (0 = all)", 0, 40, 0)
     metric = st.radio("Metric", METRICS, format_func=METRIC_LABELS.get)
 for name, s in status.items():
@@ -39,8 +40,9 @@ for name, s in status.items():
         st.caption(f"{LABELS[name]} is not evaluated here: {s.reason}")
 
 queries = load_queries(limit=per_category or None)
-st.write(f"**{len(queries.queries)} queries** in {len(queries.categories())} categories "
-         f"({queries.id}, hash `{queries.content_hash[:12]}…`).")  # fmt: skip
+st.write(
+    f"**{len(queries.queries)} queries** in {len(queries.categories())} categories ({queries.id}, hash `{queries.content_hash[:12]}…`)."
+)
 if not chosen:
     st.info("Choose at least one retriever in the sidebar.")
     st.stop()
@@ -53,8 +55,13 @@ def run(db_version: int, retrievers: tuple[str, ...], limit: int, smax: float | 
 
     bar = st.progress(0.0, text="Running the retrievers over the queries…")
     config = EvalConfig(retrievers=retrievers, thresholds=Thresholds(smax, cmin), include_carlos=False)
-    report = evaluate(get_store(), load_queries(limit=limit or None), config, service=search_service(),
-                      progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{d} of {t} searches"))  # fmt: skip
+    report = evaluate(
+        get_store(),
+        load_queries(limit=limit or None),
+        config,
+        service=search_service(),
+        progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{d} of {t} searches"),
+    )
     bar.empty()
     return report.to_dict()
 
@@ -62,14 +69,12 @@ def run(db_version: int, retrievers: tuple[str, ...], limit: int, smax: float | 
 if st.button("Run evaluation", type="primary") or st.session_state.get("eval_ran"):
     st.session_state["eval_ran"] = True
     with explained("run the evaluation"):
-        report = run(view.data_version, tuple(chosen), per_category, thresholds.strength_max,
-                     thresholds.consistency_min)  # fmt: skip
+        report = run(view.data_version, tuple(chosen), per_category, thresholds.strength_max, thresholds.consistency_min)
         frame = evaluation_frame(report)
         categories = ["all", *sorted(c for c in frame["category"].unique() if c != "all")]
         category = st.selectbox("Query category", categories)
         st.plotly_chart(diversity_figure(frame, metric, category), width="stretch")
-        table = frame[(frame["category"] == "all") & (frame["metric"] == metric)].pivot(
-            index="label", columns="span", values="value")
+        table = frame[(frame["category"] == "all") & (frame["metric"] == metric)].pivot(index="label", columns="span", values="value")
         st.dataframe(table.style.format("{:.3f}"), width="stretch")
         rel = report["relevance"]
         if rel["available"]:
@@ -79,5 +84,4 @@ if st.button("Run evaluation", type="primary") or st.session_state.get("eval_ran
         else:
             st.info(f"Top-3 relevance (the paper's protocol) not computed: {rel['reason']}")
 else:
-    st.info("Press **Run evaluation** (a few seconds for BM25 and behaviour search; the text embedding "
-            "adds its model's time).")
+    st.info("Press **Run evaluation** (a few seconds for BM25 and behaviour search; the text embedding adds its model's time).")

@@ -25,8 +25,10 @@ from carlos import maps, plots
 
 page_setup()
 st.title("Map of directions")
-st.caption("Each point is a LoRA placed by UMAP (cosine) of its Direction: LoRAs that change images "
-           "the same way sit together, whatever their names say.")  # fmt: skip
+st.caption(
+    "Each point is a LoRA placed by UMAP (cosine) of its Direction: LoRAs that change images "
+    "the same way sit together, whatever their names say."
+)
 
 store, view = get_store(), require_corpus()
 thresholds = threshold_sidebar(view)
@@ -38,10 +40,8 @@ with st.sidebar:
     url_default("map_colour", "risk class", param="colour", parse=choice(colours))
     colour = st.selectbox("Colour by", colours, key="map_colour")
     keep("map_colour", param="colour", fmt=lambda v: None if v == "risk class" else v)
-    url_default("map_hl", list(search.get("hits", [])), param="hl",
-                parse=lambda t: [i for i in parse_ids(t) if i in names])  # fmt: skip
-    highlight = st.multiselect("Highlight LoRAs", list(names), key="map_hl",
-                               format_func=lambda i: names[i])  # fmt: skip
+    url_default("map_hl", list(search.get("hits", [])), param="hl", parse=lambda t: [i for i in parse_ids(t) if i in names])
+    highlight = st.multiselect("Highlight LoRAs", list(names), key="map_hl", format_func=lambda i: names[i])
     keep("map_hl", param="hl", fmt=ids_param)
     with st.expander("UMAP parameters"):
         url_default("map_nn", 15, param="nn", parse=lambda t: min(max(int(t), 2), 100))
@@ -57,8 +57,7 @@ with st.sidebar:
 cmap = None
 with explained("compute the map"):
     config = maps.MapConfig(n_neighbors=int(nn), min_dist=float(md), n_epochs=int(ep) or None)
-    with st.spinner(f"Computing the map of {len(view)} directions (UMAP; once per corpus and "
-                    "parameters, then cached in the store)…"):  # fmt: skip
+    with st.spinner(f"Computing the map of {len(view)} directions (UMAP; once per corpus and parameters, then cached in the store)…"):
         cmap = maps.corpus_map(store, view, config)
 if cmap is None:
     st.stop()
@@ -72,12 +71,15 @@ n_placed = int((cmap.frame["placement"] != "fitted").sum())
 st.caption(
     f"Fitted on {len(cmap.fit_ids)} LoRAs ({'computed now' if cmap.fitted_now else 'loaded from the store'}"
     f", key `{cmap.key}`). New points (uploads, query directions) are placed "
-    + ("with the fitted UMAP model." if cmap.can_transform else
-       "by the fallback — a similarity-weighted average of the map positions of their nearest LoRAs "
-       "by cosine — because the fitted model is not in memory since the app restarted; their "
-       "positions are approximate.")
+    + (
+        "with the fitted UMAP model."
+        if cmap.can_transform
+        else "by the fallback — a similarity-weighted average of the map positions of their nearest LoRAs "
+        "by cosine — because the fitted model is not in memory since the app restarted; their "
+        "positions are approximate."
+    )
     + (f" {n_placed} uploaded LoRA(s) shown as diamonds." if n_placed else "")
-)  # fmt: skip
+)
 
 picked = plots.selected_ids(event.selection if event else None)
 if picked:

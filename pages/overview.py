@@ -20,8 +20,9 @@ from carlos.risk import RISK_CLASSES, RiskPolicy, corpus_stats
 
 page_setup()
 st.title("CARLoS — LoRAs by what they do")
-st.caption("Direction (what a LoRA changes), Strength (how much: substantiality) and "
-           "Consistency (how reliably: volition), measured in CLIP space.")  # fmt: skip
+st.caption(
+    "Direction (what a LoRA changes), Strength (how much: substantiality) and Consistency (how reliably: volition), measured in CLIP space."
+)
 
 store = get_store()
 view = require_corpus()
@@ -34,9 +35,11 @@ c[1].metric(f"Too strong (Str > {fmt_threshold(stats.strength_max)})", stats.ove
 c[2].metric(f"Too unstable (Cons < {fmt_threshold(stats.consistency_min)})", stats.under_consistency)
 c[3].metric("Retained for retrieval", stats.retained)
 for imp in store.imports():
-    st.caption(f"Source: {imp['source']} (sha256 {imp['file_sha256'][:12]}…, {imp['rows']} rows, "
-               f"imported {imp['imported_at']:%Y-%m-%d %H:%M}); space {view.embedder}; "
-               "representations by the CARLoS authors, Apache-2.0.")  # fmt: skip
+    st.caption(
+        f"Source: {imp['source']} (sha256 {imp['file_sha256'][:12]}…, {imp['rows']} rows, "
+        f"imported {imp['imported_at']:%Y-%m-%d %H:%M}); space {view.embedder}; "
+        "representations by the CARLoS authors, Apache-2.0."
+    )
 
 left, right = st.columns(2)
 with left:
@@ -44,15 +47,20 @@ with left:
     caps = capabilities()
     rows = [caps.clip_weights, caps.gpu, caps.text_model, *caps.retrievers.values()]
     st.dataframe(
-        pd.DataFrame({"": ["✅" if r.available else "❌" for r in rows], "what": [r.name for r in rows],
-                      "detail": [r.detail for r in rows]}),
-        hide_index=True, width="stretch",
+        pd.DataFrame(
+            {"": ["✅" if r.available else "❌" for r in rows], "what": [r.name for r in rows], "detail": [r.detail for r in rows]}
+        ),
+        hide_index=True,
+        width="stretch",
     )
 with right:
     st.subheader("Thresholds and risk classes")
     hist = store.threshold_history(limit=1)
-    who = ("the paper's defaults (no reviewer has saved any)" if hist.empty else
-           f"set by {hist.iloc[0]['reviewer']} on {hist.iloc[0]['created_at']:%Y-%m-%d %H:%M}")  # fmt: skip
+    who = (
+        "the paper's defaults (no reviewer has saved any)"
+        if hist.empty
+        else f"set by {hist.iloc[0]['reviewer']} on {hist.iloc[0]['created_at']:%Y-%m-%d %H:%M}"
+    )
     st.markdown(f"Strength ≤ **{fmt_threshold(stats.strength_max)}**, Consistency ≥ **{fmt_threshold(stats.consistency_min)}** — {who}.")
     cls = st.columns(len(RISK_CLASSES))
     for col, name in zip(cls, RISK_CLASSES):
@@ -64,8 +72,9 @@ recent = store.decisions(limit=10)
 if recent.empty:
     st.caption("No review decisions yet. Flag LoRAs on the Risk page or decide on a LoRA's detail page.")
 else:
-    st.dataframe(recent[["created_at", "reviewer", "name", "action", "status_before", "status_after", "note"]],
-                 hide_index=True, width="stretch")  # fmt: skip
+    st.dataframe(
+        recent[["created_at", "reviewer", "name", "action", "status_before", "status_after", "note"]], hide_index=True, width="stretch"
+    )
 
 st.subheader("All LoRAs")
 lora_table(corpus_frame(view, thresholds).sort_values("strength", ascending=False))

@@ -25,8 +25,7 @@ names = dict(zip(view.frame["lora_id"], view.frame["name"]))
 
 with st.sidebar:
     st.subheader("Queue")
-    url_default("rq_status", list(review.OPEN_STATUSES), param="status",
-                parse=lambda t: [s for s in t.split(",") if s in review.STATUSES])  # fmt: skip
+    url_default("rq_status", list(review.OPEN_STATUSES), param="status", parse=lambda t: [s for s in t.split(",") if s in review.STATUSES])
     statuses = st.multiselect("Statuses", review.STATUSES, key="rq_status")
     keep("rq_status", param="status", fmt=lambda v: ",".join(v) if list(v) != list(review.OPEN_STATUSES) else None)
     url_default("rq_cos", 0.95, param="cos", parse=lambda t: min(max(round(float(t), 2), 0.5), 1.0))
@@ -54,13 +53,31 @@ else:
         shown[col] = shown[col].map(lambda ids: "; ".join(names.get(i, i) for i in ids))
     shown["details"] = shown["lora_id"].map(detail_url)
     st.dataframe(
-        shown[["name", "status", "claim", "reviewer", "decided_at", "note", "same_file", "near_duplicates",
-               "strength", "consistency", "details"]],
-        hide_index=True, width="stretch",
-        column_config={"same_file": "re-uploads (same sha256)", "near_duplicates": f"near-duplicates (cos ≥ {cos:g})",
-                       "details": st.column_config.LinkColumn("Details", display_text="open & decide"),
-                       "reviewer": "last decided by", "decided_at": "at"},
-    )  # fmt: skip
+        shown[
+            [
+                "name",
+                "status",
+                "claim",
+                "reviewer",
+                "decided_at",
+                "note",
+                "same_file",
+                "near_duplicates",
+                "strength",
+                "consistency",
+                "details",
+            ]
+        ],
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "same_file": "re-uploads (same sha256)",
+            "near_duplicates": f"near-duplicates (cos ≥ {cos:g})",
+            "details": st.column_config.LinkColumn("Details", display_text="open & decide"),
+            "reviewer": "last decided by",
+            "decided_at": "at",
+        },
+    )
 
 # -- the audit log ----------------------------------------------------------------------------------------
 st.subheader("Audit log")
@@ -83,10 +100,15 @@ if hidden_toggle(int((~keep_rows).sum()), "decisions", "log_show_all", by="the f
     keep_rows[:] = True
 shown = log[keep_rows].copy()
 shown["change"] = shown["status_before"] + " → " + shown["status_after"]
-st.dataframe(shown[["created_at", "reviewer", "name", "action", "change", "note", "lora_id"]],
-             hide_index=True, width="stretch")  # fmt: skip
+st.dataframe(shown[["created_at", "reviewer", "name", "action", "change", "note", "lora_id"]], hide_index=True, width="stretch")
 d = st.columns(2)
-d[0].download_button("Download the whole log (CSV)", review.export_audit_log(store, "csv"),
-                     "carlos-audit-log.csv", "text/csv", key="log_csv")  # fmt: skip
-d[1].download_button("Download the whole log (Parquet)", review.export_audit_log(store, "parquet"),
-                     "carlos-audit-log.parquet", "application/vnd.apache.parquet", key="log_parquet")  # fmt: skip
+d[0].download_button(
+    "Download the whole log (CSV)", review.export_audit_log(store, "csv"), "carlos-audit-log.csv", "text/csv", key="log_csv"
+)
+d[1].download_button(
+    "Download the whole log (Parquet)",
+    review.export_audit_log(store, "parquet"),
+    "carlos-audit-log.parquet",
+    "application/vnd.apache.parquet",
+    key="log_parquet",
+)

@@ -29,17 +29,20 @@ from carlos.risk import RiskPolicy, corpus_stats
 
 user = page_setup()
 st.title("Risk: substantiality × volition")
-st.caption("Strength: how much of the output a LoRA contributes (substantiality). Consistency: how far "
-           "its effect happens whatever the prompt asks (volition). Strong *and* consistent LoRAs "
-           "deserve review; weak or inconsistent ones are unlikely to reproduce protected elements.")  # fmt: skip
+st.caption(
+    "Strength: how much of the output a LoRA contributes (substantiality). Consistency: how far "
+    "its effect happens whatever the prompt asks (volition). Strong *and* consistent LoRAs "
+    "deserve review; weak or inconsistent ones are unlikely to reproduce protected elements."
+)
 
 store, view = get_store(), require_corpus()
 thresholds = threshold_sidebar(view)
 colours = colour_choices(["risk class", "NSFW level", "review status"])
 with st.sidebar:
     url_default("risk_axes", "values", param="axes", parse=choice(plots.AXES))
-    axes = st.radio("Axes", plots.AXES, key="risk_axes", horizontal=True,
-                    format_func={"values": "values", "ranks": "ranks (as in the paper)"}.get)  # fmt: skip
+    axes = st.radio(
+        "Axes", plots.AXES, key="risk_axes", horizontal=True, format_func={"values": "values", "ranks": "ranks (as in the paper)"}.get
+    )
     keep("risk_axes", param="axes", fmt=lambda v: None if v == "values" else v)
     url_default("risk_colour", "risk class", param="colour", parse=choice(colours))
     colour = st.selectbox("Colour by", colours, key="risk_colour")
@@ -55,9 +58,11 @@ m[1].metric("Too unstable", stats.under_consistency)
 m[2].metric("Retained", stats.retained)
 m[3].metric("Review", stats.risk_classes["review"])
 m[4].metric("Low risk", stats.risk_classes["low risk"])
-st.caption(f"All {stats.loras} LoRAs are plotted; the thresholds only classify them "
-           f"({stats.excluded_by_both} are both too strong and too unstable). "
-           f"Corr(Strength, Consistency) = {stats.strength_consistency_r:.2f}.")  # fmt: skip
+st.caption(
+    f"All {stats.loras} LoRAs are plotted; the thresholds only classify them "
+    f"({stats.excluded_by_both} are both too strong and too unstable). "
+    f"Corr(Strength, Consistency) = {stats.strength_consistency_r:.2f}."
+)
 
 cuts = (frame.attrs["review_strength_min"], frame.attrs["review_consistency_min"])
 fig = plots.risk_scatter(frame, thresholds, axes=axes, colour=colour, review_cuts=cuts)
@@ -71,8 +76,9 @@ if chart_ids and chart_ids != st.session_state.get("_risk_chart_ids"):
 st.session_state["_risk_chart_ids"] = chart_ids
 url_default("risk_sel", [], param="sel", parse=lambda t: [i for i in parse_ids(t) if i in names])
 st.subheader("Selected LoRAs")
-selected = st.multiselect("Box- or lasso-select points on the chart, or pick LoRAs here",
-                          list(names), key="risk_sel", format_func=lambda i: f"{names[i]} ({i})")  # fmt: skip
+selected = st.multiselect(
+    "Box- or lasso-select points on the chart, or pick LoRAs here", list(names), key="risk_sel", format_func=lambda i: f"{names[i]} ({i})"
+)
 keep("risk_sel", param="sel", fmt=ids_param)
 if selected:
     lora_table(frame.set_index("lora_id").loc[selected].reset_index(), key="risk_selected_table")
@@ -91,9 +97,11 @@ else:
     st.caption("Nothing selected.")
 
 st.subheader("Save these thresholds")
-st.caption(f"Records Strength ≤ {fmt_threshold(thresholds.strength_max)} and Consistency ≥ "
-           f"{fmt_threshold(thresholds.consistency_min)} "
-           "as the team's thresholds, with your name and the time; every page starts from them.")  # fmt: skip
+st.caption(
+    f"Records Strength ≤ {fmt_threshold(thresholds.strength_max)} and Consistency ≥ "
+    f"{fmt_threshold(thresholds.consistency_min)} "
+    "as the team's thresholds, with your name and the time; every page starts from them."
+)
 with st.form("save_thresholds"):
     t_note = st.text_input("Why (for the record)", key="risk_thr_note")
     save = st.form_submit_button("Save these thresholds", disabled=not user.can_write)
@@ -106,5 +114,4 @@ history = store.threshold_history()
 if history.empty:
     st.caption("No reviewer has saved thresholds yet: the paper's 9.8 / 0.041 apply.")
 else:
-    st.dataframe(history[["created_at", "reviewer", "strength_max", "consistency_min", "note"]],
-                 hide_index=True, width="stretch")  # fmt: skip
+    st.dataframe(history[["created_at", "reviewer", "strength_max", "consistency_min", "note"]], hide_index=True, width="stretch")

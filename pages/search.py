@@ -16,7 +16,7 @@ from app_support import (
     search_service,
     threshold_sidebar,
     url_default,
-)  # fmt: skip
+)
 from carlos.retrieval import LABELS, RETRIEVERS, SearchConfig
 
 user = page_setup()
@@ -41,23 +41,27 @@ with st.sidebar:
     retriever = st.radio("Retriever", RETRIEVERS, key="retriever", format_func=label)
     top_k = st.slider("Results", 1, 100, key="top_k")
     compare = st.toggle("Compare with a textual baseline", key="compare")
-    baseline = st.selectbox("Baseline", ["bm25", "text-embedding"], format_func=LABELS.get,
-                            disabled=not compare)  # fmt: skip
+    baseline = st.selectbox("Baseline", ["bm25", "text-embedding"], format_func=LABELS.get, disabled=not compare)
 keep("retriever", param="r")
 keep("top_k", param="k")
 keep("compare", param="cmp", fmt=lambda v: "1" if v else None)
 
-query = st.text_input("What should the LoRA do?", key="q",
-                      placeholder="e.g. pixel art · snowfall, cold winter scene · ukiyo-e woodblock print")  # fmt: skip
+query = st.text_input(
+    "What should the LoRA do?", key="q", placeholder="e.g. pixel art · snowfall, cold winter scene · ukiyo-e woodblock print"
+)
 keep("q", param="q", fmt=lambda v: v.strip() or None)
 if not status[retriever].available:
-    st.warning(f"{LABELS[retriever]} is unavailable here: {status[retriever].reason}. "
-               "Pick behaviour search (text-seeded, works without CLIP weights) or a textual baseline.")  # fmt: skip
+    st.warning(
+        f"{LABELS[retriever]} is unavailable here: {status[retriever].reason}. "
+        "Pick behaviour search (text-seeded, works without CLIP weights) or a textual baseline."
+    )
     st.stop()
 if not query.strip():
-    st.info("Type a query. **CARLoS** turns it into a direction in CLIP space and ranks LoRAs by what "
-            "their images change; **behaviour search** does the same without CLIP, seeding the direction "
-            "with LoRAs whose descriptions match; the textual baselines only read names and descriptions.")  # fmt: skip
+    st.info(
+        "Type a query. **CARLoS** turns it into a direction in CLIP space and ranks LoRAs by what "
+        "their images change; **behaviour search** does the same without CLIP, seeding the direction "
+        "with LoRAs whose descriptions match; the textual baselines only read names and descriptions."
+    )
     st.stop()
 
 
@@ -78,9 +82,10 @@ def table(result, only_here: set[str] | None = None, key: str = "") -> None:
         if only_here is not None:
             rows["name"] = [("★ " if lid in only_here else "") + n for lid, n in zip(rows["lora_id"], rows["name"])]
         st.dataframe(
-            rows[["rank", "name", "score", "strength", "strength_pct", "consistency", "consistency_pct",
-                  "flags", "open"]],
-            hide_index=True, width="stretch", key=f"tbl_{key}",
+            rows[["rank", "name", "score", "strength", "strength_pct", "consistency", "consistency_pct", "flags", "open"]],
+            hide_index=True,
+            width="stretch",
+            key=f"tbl_{key}",
             column_config={
                 "name": st.column_config.TextColumn("LoRA", width="large"),
                 "score": st.column_config.NumberColumn("Score", format="%.3f"),
@@ -90,29 +95,31 @@ def table(result, only_here: set[str] | None = None, key: str = "") -> None:
                 "consistency_pct": st.column_config.NumberColumn("Cons pct", format="%.0f"),
                 "open": st.column_config.LinkColumn("Detail", display_text="open"),
             },
-        )  # fmt: skip
+        )
     if hidden_toggle(result.n_excluded, "LoRAs", key=f"hidden_{key}", by="the thresholds"):
         ex = pd.DataFrame([h.to_dict() for h in result.excluded])
         if not ex.empty:
             ex["why"] = ex["excluded_because"].map("; ".join)
-            st.dataframe(ex[["rank", "name", "score", "strength", "consistency", "why"]],
-                         hide_index=True, width="stretch")  # fmt: skip
+            st.dataframe(ex[["rank", "name", "score", "strength", "consistency", "why"]], hide_index=True, width="stretch")
 
 
 with explained("search"):
     main = run(retriever)
     st.session_state[SEARCH_KEY] = {
-        "query": query, "retriever": retriever, "hits": [h.lora_id for h in main.hits],
+        "query": query,
+        "retriever": retriever,
+        "hits": [h.lora_id for h in main.hits],
         "scores": {h.lora_id: h.score for h in main.hits},
-    }  # fmt: skip
+    }
     if not compare:
         st.subheader(f"{LABELS[retriever]}: {len(main.hits)} results")
         table(main, key="main")
     else:
         other = run(baseline)
         a, b = {h.lora_id for h in main.hits}, {h.lora_id for h in other.hits}
-        st.caption(f"★ marks what only one side finds: {len(a - b)} only by {retriever}, "
-                   f"{len(b - a)} only by {baseline}, {len(a & b)} by both.")  # fmt: skip
+        st.caption(
+            f"★ marks what only one side finds: {len(a - b)} only by {retriever}, {len(b - a)} only by {baseline}, {len(a & b)} by both."
+        )
         left, right = st.columns(2)
         with left:
             st.subheader(LABELS[retriever])

@@ -81,8 +81,10 @@ def _png(colour: tuple[int, int, int]) -> bytes:
 def test_local_characterization_shows_categories_and_blurred_pairs(store_copy: Store, monkeypatch) -> None:
     job = store_copy.enqueue_job(PIXEL, "/tmp/x.safetensors", "tiny", "smoke", 4, {}, "ada")
     rng = np.random.default_rng(0)
-    pairs = [{"pair_index": i, "prompt": f"a <b>{i}</b>", "category": c, "seed": i, "diff": rng.normal(size=8) * (i + 1)}
-             for i, c in enumerate(["Food", "Food", "Logos", "Animals"])]  # fmt: skip
+    pairs = [
+        {"pair_index": i, "prompt": f"a <b>{i}</b>", "category": c, "seed": i, "diff": rng.normal(size=8) * (i + 1)}
+        for i, c in enumerate(["Food", "Food", "Logos", "Animals"])
+    ]
     store_copy.add_pair_results(job, pairs)
     store_copy.put_thumbnails(job, [(0, _png((255, 0, 0)), _png((0, 0, 255))), (2, _png((0, 0, 0)), None)])
     got = store_copy.pair_results_for_lora(PIXEL)
@@ -113,8 +115,7 @@ def test_claim_then_decide_and_read_only_without_login(store_copy: Store, monkey
     assert any("Recorded: escalate by ada" in s.value for s in at.success)
     assert {m.label: m.value for m in at.metric}["Review status"] == "escalated"
     hist = table_with(at, "status_before")
-    assert list(zip(hist["reviewer"], hist["status_before"], hist["status_after"])) == [
-        ("ada", "unreviewed", "escalated")]  # fmt: skip
+    assert list(zip(hist["reviewer"], hist["status_before"], hist["status_after"])) == [("ada", "unreviewed", "escalated")]
     assert store_copy.claim_holder(PIXEL) is None
 
     # OIDC configured, nobody logged in: read-only with the reason

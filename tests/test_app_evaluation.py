@@ -11,8 +11,7 @@ from carlos.config import REPO_ROOT
 APP = str(REPO_ROOT / "streamlit_app.py")
 
 
-def test_evaluation_plots_diversity_and_explains_missing_judge(real_store_path: Path, monkeypatch,
-                                                               tmp_path) -> None:  # fmt: skip
+def test_evaluation_plots_diversity_and_explains_missing_judge(real_store_path: Path, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("CARLOS_DB", str(real_store_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     at = AppTest.from_file(APP, default_timeout=300).run().switch_page("pages/evaluation.py").run()

@@ -47,8 +47,9 @@ def test_map_fits_once_places_uploads_and_explains_the_fallback(store_copy: Stor
     view = load_view(store_copy)
     pixel = view.matrix[view.row_of("civitai:130580")]
     store_copy.upsert_loras([{"lora_id": "sha256:" + "ab" * 32, "source": "upload", "name": "my pixel upload"}])
-    store_copy.put_representation("sha256:" + "ab" * 32, CORPUS_EMBEDDER, pixel * 1.01, 4.0, 0.2, 16,
-                                  {"protocol": "smoke", "backend": "tiny"})  # fmt: skip
+    store_copy.put_representation(
+        "sha256:" + "ab" * 32, CORPUS_EMBEDDER, pixel * 1.01, 4.0, 0.2, 16, {"protocol": "smoke", "backend": "tiny"}
+    )
     at.run()
     assert any("loaded from the store" in c.value and "fitted UMAP model" in c.value for c in at.caption)
     placed = next(t for t in spec(at)["data"] if t["name"].startswith("placed"))

@@ -60,9 +60,8 @@ def test_a_detail_page_decision_reaches_the_queue_and_the_audit_log(store_copy: 
     assert list(zip(log["reviewer"], log["name"], log["change"], log["note"])) == [
         ("bob", review_name(store_copy, "civitai:160844"), "unreviewed → escalated", "second opinion"),
         ("ada", "Pixel Art XL", "unreviewed → flagged", "pixel-art style of a living artist?"),
-    ]  # fmt: skip
-    assert [b.label for b in at.download_button] == ["Download the whole log (CSV)",
-                                                     "Download the whole log (Parquet)"]  # fmt: skip
+    ]
+    assert [b.label for b in at.download_button] == ["Download the whole log (CSV)", "Download the whole log (Parquet)"]
 
     # filters say how many decisions they hide, and can be undone with the toggle
     at.multiselect(key="log_reviewer").set_value(["ada"]).run()

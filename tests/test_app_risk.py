@@ -119,13 +119,15 @@ def test_readers_outside_the_reviewer_list_cannot_write(store_copy: Store, monke
 def test_a_search_in_this_session_can_colour_the_scatter(real_store_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CARLOS_DB", str(real_store_path))
     at = AppTest.from_file(APP, default_timeout=60)
-    at.session_state["carlos_search"] = {"query": "pixel art", "hits": ["civitai:130580"],
-                                         "scores": {"civitai:130580": 0.9, "civitai:503382": 0.7}}  # fmt: skip
+    at.session_state["carlos_search"] = {
+        "query": "pixel art",
+        "hits": ["civitai:130580"],
+        "scores": {"civitai:130580": 0.9, "civitai:503382": 0.7},
+    }
     at.run()
     at.query_params["colour"] = "search score"
     at.switch_page("pages/risk.py").run()
     assert not at.exception
     data = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
-    assert data[0]["marker"]["showscale"] and sorted(cd[0] for cd in data[0]["customdata"]) == [
-        "civitai:130580", "civitai:503382"]  # fmt: skip
+    assert data[0]["marker"]["showscale"] and sorted(cd[0] for cd in data[0]["customdata"]) == ["civitai:130580", "civitai:503382"]
     assert data[1]["name"] == "no search score (738)"

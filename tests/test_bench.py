@@ -31,8 +31,7 @@ def test_index_top_k_equals_float32_brute_force_with_filters() -> None:
     m = (base + 0.7 * rng.standard_normal((n, d))).astype(np.float32)  # correlated, many near ties
     m[7] = 0.0  # a zero direction scores 0, never NaN
     strength, consistency = rng.uniform(1, 11, n), rng.uniform(0, 0.5, n)
-    index = DirectionIndex(m, strength, consistency, block_rows=1024,
-                           kernel="int8" if _fbgemm_available() else "float32")  # fmt: skip
+    index = DirectionIndex(m, strength, consistency, block_rows=1024, kernel="int8" if _fbgemm_available() else "float32")
     assert index.kernel == ("int8-fbgemm+exact-rerank" if _fbgemm_available() else "float32-scan")
     assert DirectionIndex(m, strength, consistency).kernel == "float32-scan"  # small: no codes needed
     t = Thresholds(strength_max=9.8, consistency_min=0.041)
@@ -73,8 +72,7 @@ def test_bulk_insert_and_chunked_loader_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     m = rng.standard_normal((300, 16)).astype(np.float32)
     ids = [f"x:{i}" for i in range(300)]
-    assert store.bulk_insert_representations(ids, m, rng.random(300), rng.random(300), embedder="E",
-                                             source="test") == 300  # fmt: skip
+    assert store.bulk_insert_representations(ids, m, rng.random(300), rng.random(300), embedder="E", source="test") == 300
     got_ids, got, s, c = store.load_directions("E", chunk_rows=64)
     order = [got_ids.index(i) for i in ids]
     np.testing.assert_array_equal(got[order], m)
@@ -89,8 +87,7 @@ def test_bulk_insert_and_chunked_loader_round_trip(tmp_path: Path) -> None:
 
 # -- the commands ------------------------------------------------------------------------------
 def test_bench_scale_command_structure(capsys: pytest.CaptureFixture, real_store_path: Path) -> None:
-    r = _run_json(capsys, ["--db", str(real_store_path), "bench", "scale", "--sizes", "1500", "--queries", "6",
-                           "--no-isolate", "--json"])  # fmt: skip
+    r = _run_json(capsys, ["--db", str(real_store_path), "bench", "scale", "--sizes", "1500", "--queries", "6", "--no-isolate", "--json"])
     assert r["model"]["source"].startswith("store") and r["model"]["real"]["n"] == 740
     (row,) = r["sizes"]
     assert row["n"] == 1500 and row["import"]["store_bytes"] > 1500 * 512 * 4 * 0.5
@@ -100,15 +97,16 @@ def test_bench_scale_command_structure(capsys: pytest.CaptureFixture, real_store
     assert set(sv["topk"]) == {"p50_ms", "p95_ms", "min_ms", "max_ms"}
     assert row["library"]["by_direction"]["p50_ms"] > 0 and row["umap"] is None
     capsys.readouterr()
-    assert main(["--db", str(real_store_path), "bench", "scale", "--sizes", "200", "--queries", "3",
-                 "--no-isolate", "--markdown"]) == 0  # fmt: skip
+    assert main(["--db", str(real_store_path), "bench", "scale", "--sizes", "200", "--queries", "3", "--no-isolate", "--markdown"]) == 0
     md = capsys.readouterr().out
     assert "| LoRAs |" in md and "| 200 |" in md and "1M targets are not assessed" in md
 
 
 def test_bench_query_command_checks_exactness(capsys: pytest.CaptureFixture) -> None:
-    r = _run_json(capsys, ["bench", "query", "--clip", "tiny", "--query", "pixel art", "--query",
-                           "snowy winter scene", "--warm-repeats", "2", "--json"])  # fmt: skip
+    r = _run_json(
+        capsys,
+        ["bench", "query", "--clip", "tiny", "--query", "pixel art", "--query", "snowy winter scene", "--warm-repeats", "2", "--json"],
+    )
     assert [q["query"] for q in r["queries"]] == ["pixel art", "snowy winter scene"]
     assert r["n_prompts"] == 280 and r["prefix_cache"]["build_s"] > 0
     for q in r["queries"]:

@@ -42,8 +42,9 @@ def server(real_store_path: Path, tmp_path_factory: pytest.TempPathFactory):
     port = _free_port()
     env = {**os.environ, "CARLOS_DB": str(db), "PORT": str(port), "CARLOS_REVIEWER": "browser-test"}
     log = open(db.parent / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
-    proc = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=REPO_ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        ["make", "run", f"PORT={port}"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:
@@ -72,8 +73,16 @@ def test_every_page_renders_without_errors(server: str) -> None:
     pages = _pages()
     assert len(pages) >= 5, pages
     SHOTS.mkdir(parents=True, exist_ok=True)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
@@ -81,8 +90,7 @@ def test_every_page_renders_without_errors(server: str) -> None:
             page.goto(f"{server}/{path}{QUERIES.get(path, '')}", wait_until="networkidle", timeout=120_000)
             page.wait_for_selector('[data-testid="stMain"]', timeout=120_000)
             # the app root says when the page's script has finished (UMAP may take a while)
-            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
-                                   timeout=240_000)  # fmt: skip
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=240_000)
             page.wait_for_load_state("networkidle")
             for grid in page.locator('[data-testid="stDataFrame"]').all():  # canvas grids draw lazily
                 grid.scroll_into_view_if_needed()

@@ -23,21 +23,22 @@ def test_stats_json_reports_the_paper_counts(real_store_path: Path, capsys) -> N
     data = json.loads(out)
     assert code == 0
     assert (data["loras"], data["over_strength"], data["under_consistency"], data["retained"]) == (
-        740, 21, 204, 515,
-    )  # fmt: skip
+        740,
+        21,
+        204,
+        515,
+    )
     assert (data["strength_max"], data["consistency_min"]) == (9.8, 0.041)
 
 
 def test_stats_thresholds_are_options(real_store_path: Path, capsys) -> None:
-    _, out, _ = run_cli(capsys, "--db", str(real_store_path), "stats", "--json",
-                        "--strength-max", "100", "--no-consistency-filter")  # fmt: skip
+    _, out, _ = run_cli(capsys, "--db", str(real_store_path), "stats", "--json", "--strength-max", "100", "--no-consistency-filter")
     data = json.loads(out)
     assert data["over_strength"] == 0 and data["under_consistency"] == 0 and data["retained"] == 740
 
 
 def test_similar_to_pixel_art_xl_is_pixel_art(real_store_path: Path, capsys) -> None:
-    code, out, _ = run_cli(capsys, "--db", str(real_store_path), "similar", "130580",
-                           "--top-k", "5", "--json")  # fmt: skip
+    code, out, _ = run_cli(capsys, "--db", str(real_store_path), "similar", "130580", "--top-k", "5", "--json")
     hits = json.loads(out)["hits"]
     assert code == 0 and len(hits) == 5
     assert all("pixel" in h["name"].lower() for h in hits), [h["name"] for h in hits]
@@ -76,7 +77,6 @@ def test_every_command_has_help() -> None:
     commands = _subcommands(build_parser())
     assert ["corpus", "import"] in commands and ["stats"] in commands
     for cmd in commands:
-        out = subprocess.run([sys.executable, "-m", "carlos", *cmd, "--help"],
-                             capture_output=True, text=True)  # fmt: skip
+        out = subprocess.run([sys.executable, "-m", "carlos", *cmd, "--help"], capture_output=True, text=True)
         assert out.returncode == 0, (cmd, out.stderr)
         assert "usage:" in out.stdout

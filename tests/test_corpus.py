@@ -19,8 +19,11 @@ def test_real_corpus_counts_match_the_paper(real_store: Store) -> None:
     view = load_view(real_store)
     stats = corpus_stats(view.frame, view.embedder)
     assert (stats.loras, stats.over_strength, stats.under_consistency, stats.retained) == (
-        740, 21, 204, 515,
-    )  # fmt: skip
+        740,
+        21,
+        204,
+        515,
+    )
     assert view.matrix.shape == (740, 512)
     assert 0.85 < stats.strength_consistency_r < 0.95  # PAPER.md: r about 0.91
 
@@ -42,9 +45,7 @@ def test_import_twice_changes_nothing(store_copy: Store, corpus_parquet: Path) -
     assert (store_copy.table_counts(), store_copy.data_version()) == before
 
 
-def test_tampered_parquet_is_refused_and_store_unchanged(
-    store_copy: Store, corpus_parquet: Path, tmp_path: Path
-) -> None:
+def test_tampered_parquet_is_refused_and_store_unchanged(store_copy: Store, corpus_parquet: Path, tmp_path: Path) -> None:
     bad = tmp_path / "metrics_database.parquet"
     data = bytearray(corpus_parquet.read_bytes())
     data[len(data) // 2] ^= 0xFF

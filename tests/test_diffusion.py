@@ -86,9 +86,7 @@ def test_registry_lists_backends_and_names_them_on_error() -> None:
         get_backend_spec("sd15")
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"steps": 0}, {"height": 100}, {"width": -8}, {"guidance_scale": float("nan")}, {"lora_scale": "1"}]
-)
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"height": 100}, {"width": -8}, {"guidance_scale": float("nan")}, {"lora_scale": "1"}])
 def test_settings_reject_bad_values(kwargs: dict) -> None:
     with pytest.raises(InvalidInputError):
         DiffusionSettings(**kwargs)
@@ -156,9 +154,7 @@ def test_lora_changes_images_and_unloads_exactly_without_reload(
     assert backend.pipeline_loads == 1 and backend.pipeline.unet is unet
 
 
-def test_kohya_sgm_names_and_diffusers_names_hit_the_same_layers(
-    backend: DiffusionBackend, lora_files: dict[str, Path]
-) -> None:
+def test_kohya_sgm_names_and_diffusers_names_hit_the_same_layers(backend: DiffusionBackend, lora_files: dict[str, Path]) -> None:
     with backend.lora(lora_files["kohya"]):
         kohya = backend.generate(PROMPTS, SEEDS, batch_size=2)
     with backend.lora(lora_files["diffusers"]):
@@ -166,9 +162,7 @@ def test_kohya_sgm_names_and_diffusers_names_hit_the_same_layers(
     assert _mean_diff(kohya, diffusers) < 0.5  # same seeded weights; fp16 file rounding only
 
 
-def test_zero_lora_leaves_images_unchanged(
-    backend: DiffusionBackend, base_images: list[np.ndarray], lora_files: dict[str, Path]
-) -> None:
+def test_zero_lora_leaves_images_unchanged(backend: DiffusionBackend, base_images: list[np.ndarray], lora_files: dict[str, Path]) -> None:
     with backend.lora(lora_files["zero"]):
         assert backend.active_lora == lora_files["zero"].resolve()
         assert _same(backend.generate(PROMPTS, SEEDS, batch_size=2), base_images)
@@ -200,8 +194,10 @@ def test_bad_lora_files_raise_and_leave_the_pipeline_clean(
     key = next(k for k in sd if k.startswith("lora_unet_") and k.endswith("lora_down.weight"))
     sd[key] = torch.zeros(sd[key].shape[0], sd[key].shape[1] * 2, dtype=sd[key].dtype)  # e.g. real-SDXL width
     save_file(sd, str(tmp_path / "wrong_shape.safetensors"))
-    save_file({"lora_unet_nowhere_x.lora_down.weight": torch.zeros(4, 8),
-               "lora_unet_nowhere_x.lora_up.weight": torch.zeros(8, 4)}, str(tmp_path / "no_match.safetensors"))
+    save_file(
+        {"lora_unet_nowhere_x.lora_down.weight": torch.zeros(4, 8), "lora_unet_nowhere_x.lora_up.weight": torch.zeros(8, 4)},
+        str(tmp_path / "no_match.safetensors"),
+    )
     for name in ("wrong_shape", "no_match"):
         with pytest.raises(InvalidLoRAFileError, match=name):
             backend.load_lora(tmp_path / f"{name}.safetensors")
@@ -216,9 +212,7 @@ def test_bad_lora_files_raise_and_leave_the_pipeline_clean(
     assert _same(backend.generate(PROMPTS, SEEDS, batch_size=2), base_images)
 
 
-def test_lora_scale_and_weight_seed_are_applied(
-    tok_cache: Path, base_images: list[np.ndarray], lora_files: dict[str, Path]
-) -> None:
+def test_lora_scale_and_weight_seed_are_applied(tok_cache: Path, base_images: list[np.ndarray], lora_files: dict[str, Path]) -> None:
     settings = dataclasses.replace(get_backend_spec("tiny").default_settings, lora_scale=0.0)
     other = DiffusionBackend("tiny", seed=1, device="cpu", settings=settings, cache_dir=tok_cache)
     assert other.backend_id == "tiny-sdxl/seed1"
@@ -239,10 +233,8 @@ def test_test_lora_files_look_like_sdxl_loras(lora_files: dict[str, Path], tmp_p
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_network_dim"] == "4"
     assert meta["ss_output_name"] == "k"
     prefixes = {re.match(r"lora_(unet_[a-z]+_blocks?|te[12])_", k)[0] for k in keys}  # SGM names, as kohya-ss
-    assert prefixes == {"lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_",
-                        "lora_te1_", "lora_te2_"}
-    assert {k.rsplit(".", 2)[-2] + "." + k.rsplit(".", 1)[-1] for k in keys if "weight" in k} == {
-        "lora_down.weight", "lora_up.weight"}
+    assert prefixes == {"lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_", "lora_te1_", "lora_te2_"}
+    assert {k.rsplit(".", 2)[-2] + "." + k.rsplit(".", 1)[-1] for k in keys if "weight" in k} == {"lora_down.weight", "lora_up.weight"}
     assert sum(k.endswith(".alpha") for k in keys) * 3 == len(keys)
     with safe_open(str(lora_files["diffusers"]), "pt") as f:
         dkeys = list(f.keys())
@@ -275,8 +267,7 @@ def test_sgm_names_invert_diffusers_own_sdxl_conversion() -> None:
         sd.update({f"{k}.lora_down.weight": 0, f"{k}.lora_up.weight": 0})
     mapped = _maybe_map_sgm_blocks_to_diffusers(sd, SimpleNamespace(layers_per_block=2))
     converted, _ = _convert_non_diffusers_lora_to_diffusers(mapped)
-    back = {k.removeprefix("unet.").split(".processor")[0].split(".to_k_lora")[0].split(".lora.")[0]
-            for k in converted}
+    back = {k.removeprefix("unet.").split(".processor")[0].split(".to_k_lora")[0].split(".lora.")[0] for k in converted}
     assert back == {n.removesuffix(".to_k") for n in names}
 
 
@@ -287,8 +278,7 @@ def test_tokenizers_give_open_clips_ids(backend: DiffusionBackend, tok_cache: Pa
     from open_clip.tokenizer import SimpleTokenizer
 
     reference = SimpleTokenizer()
-    texts = PROMPTS + ["A  cinematic still of Tokyo at night, neon lights, 35mm", "café crème brûlée 1999",
-                       "word " * 100]
+    texts = PROMPTS + ["A  cinematic still of Tokyo at night, neon lights, 35mm", "café crème brûlée 1999", "word " * 100]
     expected = reference(texts).tolist()  # 77 ids, padded with 0 ("!")
     tok1, tok2 = backend.pipeline.tokenizer, backend.pipeline.tokenizer_2
     kw = {"padding": "max_length", "max_length": 77, "truncation": True}
@@ -351,7 +341,8 @@ def test_sdxl_config_folder_round_trips(tmp_path: Path, tok_cache: Path) -> None
     folder = tiny_sdxl.write_diffusers_configs(tiny_sdxl.SDXL_BASE_1_0, tmp_path / "cfg", tok_cache)
     unet_cfg = UNet2DConditionModel.load_config(folder / "unet")
     assert {k: unet_cfg[k] for k in tiny_sdxl.SDXL_BASE_1_0.unet} == {
-        k: list(v) if isinstance(v, tuple) else v for k, v in tiny_sdxl.SDXL_BASE_1_0.unet.items()}
+        k: list(v) if isinstance(v, tuple) else v for k, v in tiny_sdxl.SDXL_BASE_1_0.unet.items()
+    }
     te2 = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
     assert (te2.hidden_size, te2.num_hidden_layers, te2.projection_dim) == (1280, 32, 1280)
     assert CLIPTokenizer.from_pretrained(folder / "tokenizer_2").pad_token == "!"

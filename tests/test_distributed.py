@@ -31,8 +31,9 @@ N_PAIRS = 4  # smoke protocol: 2 prompts x 2 seeds
 @pytest.fixture(scope="module")
 def loras(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("loras")
-    return {k: make_test_lora(root / f"{k}.safetensors", seed=30 + i, layout="kohya" if i % 2 else "diffusers")
-            for i, k in enumerate(TRIGGERS)}  # fmt: skip
+    return {
+        k: make_test_lora(root / f"{k}.safetensors", seed=30 + i, layout="kohya" if i % 2 else "diffusers") for i, k in enumerate(TRIGGERS)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,14 @@ def reference(loras: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
 def cluster(reference: dict) -> object:
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2,
-             logging_level=logging.WARNING, log_to_driver=False)  # fmt: skip
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=80 * 1024**2,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 
@@ -119,8 +126,12 @@ def test_manifest_formats_and_errors(tmp_path: Path, loras: dict[str, Path], ref
     (tmp_path / "m.jsonl").write_text('{"path": "a.safetensors", "trigger": "t", "extra": 1}\n')
     (entry,) = read_manifest(tmp_path / "m.jsonl")
     assert entry.path == tmp_path / "a.safetensors" and entry.trigger == "t" and entry.name is None
-    bad = {"nopath.csv": "file,trigger\na,b\n", "broken.jsonl": '{"path": "a"}\n{"path": \n',
-           "empty.csv": "# nothing\n", "typed.jsonl": '{"path": "a", "name": 3}\n'}  # fmt: skip
+    bad = {
+        "nopath.csv": "file,trigger\na,b\n",
+        "broken.jsonl": '{"path": "a"}\n{"path": \n',
+        "empty.csv": "# nothing\n",
+        "typed.jsonl": '{"path": "a", "name": 3}\n',
+    }
     for name, text in bad.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(InvalidInputError, match="path|line 2|no LoRA|must be text"):
@@ -143,9 +154,13 @@ def test_a_worker_dies_mid_run_and_nothing_is_lost_or_doubled(cluster, loras, re
     job_ids = [jobs.submit(store, p, trigger=TRIGGERS[k]).job_id for k, p in loras.items()]
     flag = tmp_path / "crashed"
     seen: list[tuple[int, int]] = []
-    report = characterize_on_ray(store, job_ids, config=RayConfig(actors=2, chunk_pairs=1),
-                                 progress=lambda d, t: seen.append((d, t)),
-                                 backend_factory=crash_once_factory(str(flag), on_call=2))  # fmt: skip
+    report = characterize_on_ray(
+        store,
+        job_ids,
+        config=RayConfig(actors=2, chunk_pairs=1),
+        progress=lambda d, t: seen.append((d, t)),
+        backend_factory=crash_once_factory(str(flag), on_call=2),
+    )
     assert flag.exists() and report.worker_restarts == 1  # one process died and came back
     assert report.actors == 2 and not report.failed and sorted(report.finished) == sorted(job_ids)
     assert report.lora_pairs_computed == N_PAIRS * 3 and report.base_pairs_computed == N_PAIRS
@@ -160,8 +175,7 @@ class _Stop(Exception):
     pass
 
 
-def test_a_stopped_driver_resumes_where_it_stopped(cluster, loras, reference, tmp_path, monkeypatch, capsys,
-                                                   caplog) -> None:  # fmt: skip
+def test_a_stopped_driver_resumes_where_it_stopped(cluster, loras, reference, tmp_path, monkeypatch, capsys, caplog) -> None:
     manifest = tmp_path / "loras.csv"
     manifest.write_text("path,trigger\n" + "".join(f"{p},{TRIGGERS[k] or ''}\n" for k, p in loras.items()))
     db = tmp_path / "s.duckdb"
@@ -178,8 +192,13 @@ def test_a_stopped_driver_resumes_where_it_stopped(cluster, loras, reference, tm
     monkeypatch.setattr(distributed._Driver, "release", lambda self: None)
     config = RayConfig(actors=2, chunk_pairs=1, max_restarts=0, max_task_retries=0)
     with pytest.raises(_Stop):
-        characterize_on_ray(store, job_ids, config=config, progress=stop_after_five,
-                            backend_factory=crash_once_factory(str(tmp_path / "crashed"), on_call=1))  # fmt: skip
+        characterize_on_ray(
+            store,
+            job_ids,
+            config=config,
+            progress=stop_after_five,
+            backend_factory=crash_once_factory(str(tmp_path / "crashed"), on_call=1),
+        )
     monkeypatch.undo()
     assert (tmp_path / "crashed").exists() and "lost" in caplog.text
     stored = store.table_counts()["pair_results"]
@@ -187,8 +206,9 @@ def test_a_stopped_driver_resumes_where_it_stopped(cluster, loras, reference, tm
     assert "running" in set(store.jobs()["status"])
     capsys.readouterr()
     # the rerun (same manifest, same jobs) takes its jobs back at once and does only what is missing
-    rc = main(["--db", str(db), "characterize-many", str(manifest), "--ray", "--actors", "1", "--chunk-pairs", "1",
-               "--json", "--no-progress"])  # fmt: skip
+    rc = main(
+        ["--db", str(db), "characterize-many", str(manifest), "--ray", "--actors", "1", "--chunk-pairs", "1", "--json", "--no-progress"]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0, out
     run = out["run"]

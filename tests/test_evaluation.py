@@ -87,8 +87,22 @@ def test_query_file_errors_say_what_is_wrong(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def cli_report(real_store_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("eval") / "report.json"
-    rc = main(["--db", str(real_store_path), "evaluate", "--retrievers", "bm25,behaviour", "--limit", "3",
-               "--no-text-model", "--rankings", "--quiet", "--save", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "--db",
+            str(real_store_path),
+            "evaluate",
+            "--retrievers",
+            "bm25,behaviour",
+            "--limit",
+            "3",
+            "--no-text-model",
+            "--rankings",
+            "--quiet",
+            "--save",
+            str(out),
+        ]
+    )
     assert rc == 0
     return json.loads(out.read_text())
 
@@ -162,9 +176,11 @@ class _Store:
 
 
 def test_top3_protocol_normalizes_over_all_queries_and_retrievers() -> None:
-    runs = [RetrieverRun("x", "X", True, "", rankings={"q1": ["a", "b", "c", "d"], "q2": ["b"]}),
-            RetrieverRun("y", "Y", True, "", rankings={"q1": ["d"], "q2": ["e", "a"]}),
-            RetrieverRun("z", "Z", False, "no weights")]  # fmt: skip
+    runs = [
+        RetrieverRun("x", "X", True, "", rankings={"q1": ["a", "b", "c", "d"], "q2": ["b"]}),
+        RetrieverRun("y", "Y", True, "", rankings={"q1": ["d"], "q2": ["e", "a"]}),
+        RetrieverRun("z", "Z", False, "no weights"),
+    ]
     judge = _Judge({"a": 0.2, "b": 0.4, "c": 0.6, "d": 1.0, "e": None})  # d is outside x's top 3
     rel = relevance_top_k(_Store(), runs, judge, top=3)
     # min 0.2, max 1.0: a->0, b->0.25, c->0.5, d->1

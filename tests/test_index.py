@@ -18,19 +18,24 @@ def _view(n: int, d: int = 64, seed: int = 0) -> CorpusView:
     m = (rng.standard_normal(d) + 0.8 * rng.standard_normal((n, d))).astype(np.float32)
     m[3] = 0.0  # a zero direction
     m[10:20] = m[9]  # exact ties: corpus order must settle them
-    frame = pd.DataFrame({
-        "lora_id": [f"l{i}" for i in range(n)], "name": [f"LoRA {i}" for i in range(n)],
-        "version_id": np.arange(n), "model_id": np.where(np.arange(n) % 7 == 0, None, "m"),
-        "source": "test", "strength": rng.uniform(1, 11, n), "consistency": rng.uniform(0, 0.5, n),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "lora_id": [f"l{i}" for i in range(n)],
+            "name": [f"LoRA {i}" for i in range(n)],
+            "version_id": np.arange(n),
+            "model_id": np.where(np.arange(n) % 7 == 0, None, "m"),
+            "source": "test",
+            "strength": rng.uniform(1, 11, n),
+            "consistency": rng.uniform(0, 0.5, n),
+        }
+    )
     return CorpusView(embedder="test", frame=frame, matrix=m, data_version=1)
 
 
 @pytest.mark.parametrize("n", [500, INT8_MIN_ROWS + 5000])
 def test_rank_direction_equals_scoring_every_lora(n: int) -> None:
     view = _view(n)
-    assert view.index.kernel == ("int8-fbgemm+exact-rerank" if n >= INT8_MIN_ROWS and _fbgemm_available()
-                                 else "float32-scan")  # fmt: skip
+    assert view.index.kernel == ("int8-fbgemm+exact-rerank" if n >= INT8_MIN_ROWS and _fbgemm_available() else "float32-scan")
     t = Thresholds(strength_max=9.8, consistency_min=0.041)
     rng = np.random.default_rng(1)
     for q in [view.matrix[9], *rng.standard_normal((4, view.matrix.shape[1]))]:
@@ -49,8 +54,7 @@ def test_rank_direction_equals_scoring_every_lora(n: int) -> None:
     res = similar(view, "l9", thresholds=Thresholds(None, None), top_k=5)
     assert [h.lora_id for h in res.hits] == ["l10", "l11", "l12", "l13", "l14"]
     small = _view(30)
-    top = rank_direction(small, small.matrix[0], retriever="r", query="", thresholds=Thresholds(None, None),
-                         top_k=1).hits[0]  # fmt: skip
+    top = rank_direction(small, small.matrix[0], retriever="r", query="", thresholds=Thresholds(None, None), top_k=1).hits[0]
     assert top.lora_id == "l0" and "missing creator metadata" in top.flags  # row 0 has no model id
 
 

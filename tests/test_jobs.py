@@ -22,12 +22,16 @@ def _sd15_lora(path: Path) -> None:
     from safetensors.numpy import save_file
 
     z = np.zeros
-    save_file({
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": z((4, 768), np.float16),
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": z((320, 4), np.float16),
-        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": z((4, 768), np.float16),
-        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": z((768, 4), np.float16),
-    }, str(path), metadata={"ss_base_model_version": "sdxl_base_v1-0"})  # fmt: skip
+    save_file(
+        {
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": z((4, 768), np.float16),
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": z((320, 4), np.float16),
+            "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": z((4, 768), np.float16),
+            "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": z((768, 4), np.float16),
+        },
+        str(path),
+        metadata={"ss_base_model_version": "sdxl_base_v1-0"},
+    )
 
 
 def _poisoned_lora(value: float):
@@ -48,10 +52,13 @@ def _flux_lora(path: Path) -> None:
     from safetensors.numpy import save_file
 
     z = np.zeros
-    save_file({
-        "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": z((4, 3072), np.float16),
-        "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": z((3072, 4), np.float16),
-    }, str(path))  # fmt: skip
+    save_file(
+        {
+            "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": z((4, 3072), np.float16),
+            "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": z((3072, 4), np.float16),
+        },
+        str(path),
+    )
 
 
 def _header_beyond_file(path: Path) -> None:
@@ -61,14 +68,14 @@ def _header_beyond_file(path: Path) -> None:
 BAD_FILES = {
     "pickle.ckpt": (lambda p: p.write_bytes(b"\x80\x04\x95fake pickle"), InvalidLoRAFileError, "pickle"),
     "disguised.safetensors": (lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 64), InvalidLoRAFileError, "zip"),
-    "truncated.safetensors": (lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a"), InvalidLoRAFileError, ""),
+    "truncated.safetensors": (lambda p: p.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a'), InvalidLoRAFileError, ""),
     "empty.safetensors": (lambda p: p.write_bytes(b""), InvalidLoRAFileError, "empty"),
     "nan.safetensors": (_poisoned_lora(np.nan), InvalidLoRAFileError, "NaN"),
     "inf.safetensors": (_poisoned_lora(np.inf), InvalidLoRAFileError, "inf"),
     "flux.safetensors": (_flux_lora, UnsupportedBaseModelError, "Flux"),
     "header.safetensors": (_header_beyond_file, InvalidLoRAFileError, "header"),
     "sd15.safetensors": (_sd15_lora, UnsupportedBaseModelError, "SD 1.5"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
@@ -97,8 +104,7 @@ def test_oversized_upload_is_refused(tmp_path: Path) -> None:
 
 
 def _worker_cmd(db: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "carlos", "--db", str(db), "worker", "--once", "--poll", "0.1",
-            "--chunk-pairs", "1", *extra]  # fmt: skip
+    return [sys.executable, "-m", "carlos", "--db", str(db), "worker", "--once", "--poll", "0.1", "--chunk-pairs", "1", *extra]
 
 
 def test_killed_worker_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:

@@ -38,9 +38,7 @@ SDXL_META = {
     "ss_network_alpha": "2.0",
     "ss_network_module": "networks.lora",
     "ss_num_train_images": "47",
-    "ss_tag_frequency": json.dumps(
-        {"10_papercut": {"papercut": 40, "paper art": 12, "1girl": 5}, "5_bg": {"papercut": 3, "landscape": 9}}
-    ),
+    "ss_tag_frequency": json.dumps({"10_papercut": {"papercut": 40, "paper art": 12, "1girl": 5}, "5_bg": {"papercut": 3, "landscape": 9}}),
     "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
     "modelspec.title": "Papercut XL",
 }
@@ -283,8 +281,10 @@ def test_flux_is_refused(tmp_path: Path, modules: dict) -> None:
 
 def test_unrecognisable_base_is_refused_and_metadata_claim_noted(tmp_path: Path) -> None:
     conv = "lora_unet_input_blocks_1_0_in_layers_2"  # a 320-channel resnet conv exists in SDXL and SD 1.5
-    arrays = {f"{conv}.lora_down.weight": np.ones((RANK, 320, 3, 3), np.float16),
-              f"{conv}.lora_up.weight": np.ones((320, RANK, 1, 1), np.float16)}  # fmt: skip
+    arrays = {
+        f"{conv}.lora_down.weight": np.ones((RANK, 320, 3, 3), np.float16),
+        f"{conv}.lora_up.weight": np.ones((320, RANK, 1, 1), np.float16),
+    }
     path = _save(tmp_path / "conv.safetensors", arrays, {"ss_base_model_version": "sdxl_base_v1-0"})
     expected = "could not recognise.*claims SDXL but the tensors do not match"
     with pytest.raises(UnsupportedBaseModelError, match=expected):
@@ -470,8 +470,10 @@ def test_value_scan_can_be_disabled(tmp_path: Path) -> None:
     [
         ({"foo.bar": np.ones(2, np.float32)}, "unrecognised LoRA format: expected kohya"),
         (
-            {"model.diffusion_model.input_blocks.0.0.weight": np.ones((4, 4), np.float32),
-             "model.diffusion_model.input_blocks.0.0.bias": np.ones(4, np.float32)},
+            {
+                "model.diffusion_model.input_blocks.0.0.weight": np.ones((4, 4), np.float32),
+                "model.diffusion_model.input_blocks.0.0.bias": np.ones(4, np.float32),
+            },
             "look like a full model or another kind of weights, not a LoRA adapter",
         ),
         (
@@ -479,18 +481,19 @@ def test_value_scan_can_be_disabled(tmp_path: Path) -> None:
             r"has a down \(A\) weight but no up \(B\) weight",
         ),
         (
-            {"lora_unet_a_attn2_to_k.lora_down.weight": np.ones((4, 2048), np.float16),
-             "lora_unet_a_attn2_to_k.lora_up.weight": np.ones((640, 8), np.float16)},
+            {
+                "lora_unet_a_attn2_to_k.lora_down.weight": np.ones((4, 2048), np.float16),
+                "lora_unet_a_attn2_to_k.lora_up.weight": np.ones((640, 8), np.float16),
+            },
             "does not take the down weight's rank 4",
         ),
         (
-            {"lora_unet_a.hada_w1_a": np.ones((640, 4), np.float16),
-             "lora_unet_a.hada_w1_b": np.ones((4, 640), np.float16)},
+            {"lora_unet_a.hada_w1_a": np.ones((640, 4), np.float16), "lora_unet_a.hada_w1_b": np.ones((4, 640), np.float16)},
             "missing w2_a, w2_b",
         ),
     ],
     ids=["unknown", "full-model", "missing-up", "rank-mismatch", "loha-incomplete"],
-)  # fmt: skip
+)
 def test_broken_or_unknown_lora_structure(tmp_path: Path, arrays: dict, expected: str) -> None:
     with pytest.raises(InvalidLoRAFileError, match=expected):
         validate_lora(_save(tmp_path / "x.safetensors", arrays))

@@ -37,10 +37,12 @@ def clustered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, np.ndarr
     rows += [{"lora_id": f"u:{i}", "source": "upload", "name": f"u{i}"} for i in range(3)]
     store.upsert_loras(rows)
     vecs = np.vstack([x, uploads])
-    store.put_representations([
-        {"lora_id": r["lora_id"], "embedder": SPACE, "direction": v, "strength": 1.0, "consistency": 0.1, "n_samples": 2}
-        for r, v in zip(rows, vecs)
-    ])  # fmt: skip
+    store.put_representations(
+        [
+            {"lora_id": r["lora_id"], "embedder": SPACE, "direction": v, "strength": 1.0, "consistency": 0.1, "n_samples": 2}
+            for r, v in zip(rows, vecs)
+        ]
+    )
     return store, x, labels
 
 
@@ -51,8 +53,7 @@ def fitted(clustered: tuple[Store, np.ndarray, np.ndarray]) -> maps.CorpusMap:
 
 
 def test_config_is_checked() -> None:
-    for bad in ({"n_neighbors": 1}, {"min_dist": 1.5}, {"n_epochs": 0}, {"metric": "hamming"},
-                {"fallback_k": 0}, {"n_neighbors": True}):  # fmt: skip
+    for bad in ({"n_neighbors": 1}, {"min_dist": 1.5}, {"n_epochs": 0}, {"metric": "hamming"}, {"fallback_k": 0}, {"n_neighbors": True}):
         with pytest.raises(InvalidInputError):
             maps.MapConfig(**bad)
 
@@ -127,8 +128,12 @@ def test_knn_place_is_a_weighted_average_of_neighbours() -> None:
 def test_too_few_points_and_unknown_fit_ids_are_explained(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "few.duckdb")
     store.upsert_loras([{"lora_id": f"c:{i}", "source": "test"} for i in range(4)])
-    store.put_representations([{"lora_id": f"c:{i}", "embedder": SPACE, "direction": np.eye(DIM)[i],
-                                    "strength": 1.0, "consistency": 0.1, "n_samples": 2} for i in range(4)])  # fmt: skip
+    store.put_representations(
+        [
+            {"lora_id": f"c:{i}", "embedder": SPACE, "direction": np.eye(DIM)[i], "strength": 1.0, "consistency": 0.1, "n_samples": 2}
+            for i in range(4)
+        ]
+    )
     view = load_view(store, SPACE)
     with pytest.raises(InvalidInputError, match="at least"):
         maps.corpus_map(store, view, CONFIG)

@@ -17,13 +17,17 @@ from carlos.risk import RiskPolicy, annotate
 def frame() -> pd.DataFrame:
     rng = np.random.default_rng(3)
     n = 120
-    df = pd.DataFrame({
-        "lora_id": [f"t:{i}" for i in range(n)],
-        "name": [f"LoRA <{i}> & co" for i in range(n)],
-        "model_id": np.arange(n), "source": "test",
-        "strength": rng.uniform(1, 11, n), "consistency": rng.uniform(0.0, 0.5, n),
-        "nsfw_level": pd.array([1, 2, 4, None] * (n // 4), dtype="Int32"),
-    })  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "lora_id": [f"t:{i}" for i in range(n)],
+            "name": [f"LoRA <{i}> & co" for i in range(n)],
+            "model_id": np.arange(n),
+            "source": "test",
+            "strength": rng.uniform(1, 11, n),
+            "consistency": rng.uniform(0.0, 0.5, n),
+            "nsfw_level": pd.array([1, 2, 4, None] * (n // 4), dtype="Int32"),
+        }
+    )
     return annotate(df, RiskPolicy(thresholds=Thresholds(9.0, 0.1)))
 
 
@@ -99,8 +103,7 @@ def test_colour_choices_and_bad_input(frame: pd.DataFrame) -> None:
 
 
 def test_map_scatter_highlights_and_marks_placed_points(frame: pd.DataFrame) -> None:
-    df = frame.assign(x=np.arange(len(frame), dtype=float), y=0.0, placement="fitted",
-                      score=np.linspace(0, 1, len(frame)))  # fmt: skip
+    df = frame.assign(x=np.arange(len(frame), dtype=float), y=0.0, placement="fitted", score=np.linspace(0, 1, len(frame)))
     df.loc[df.index[:3], "placement"] = "knn-fallback"
     fig = plots.map_scatter(df, colour="search score", highlight_ids=["t:5", "t:7", "nope"])
     base = fig.data[0]
@@ -112,8 +115,11 @@ def test_map_scatter_highlights_and_marks_placed_points(frame: pd.DataFrame) -> 
 
 
 def test_selected_ids_reads_customdata_in_order_without_duplicates() -> None:
-    sel = {"points": [{"customdata": ["a", "x"]}, {"customdata": ["b"]}, {"customdata": ["a"]},
-                      {"point_index": 4}, {"customdata": "c"}], "box": [], "lasso": []}  # fmt: skip
+    sel = {
+        "points": [{"customdata": ["a", "x"]}, {"customdata": ["b"]}, {"customdata": ["a"]}, {"point_index": 4}, {"customdata": "c"}],
+        "box": [],
+        "lasso": [],
+    }
     assert plots.selected_ids(sel) == ["a", "b", "c"]
     assert plots.selected_ids(None) == [] and plots.selected_ids({"points": []}) == []
 

@@ -20,8 +20,16 @@ from carlos.errors import InvalidInputError
 
 DATA_FILE = REPO_ROOT / "data" / "prompts.json"
 PAPER_COUNTS = [
-    ("Portraits", 4), ("Landscapes", 4), ("Artistic Styles", 4), ("Conceptual Arts", 4),
-    ("Animals", 3), ("Fashion", 4), ("Vehicles", 3), ("Food", 3), ("Cinematic", 3), ("Logos", 3),
+    ("Portraits", 4),
+    ("Landscapes", 4),
+    ("Artistic Styles", 4),
+    ("Conceptual Arts", 4),
+    ("Animals", 3),
+    ("Fashion", 4),
+    ("Vehicles", 3),
+    ("Food", 3),
+    ("Cinematic", 3),
+    ("Logos", 3),
 ]
 
 
@@ -37,11 +45,7 @@ def raw() -> dict[str, Any]:
 
 
 def _all_texts(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    return [
-        (split, text)
-        for c in doc["categories"] for s in c["subcategories"]
-        for split in ("index", "query") for text in s[split]
-    ]
+    return [(split, text) for c in doc["categories"] for s in c["subcategories"] for split in ("index", "query") for text in s[split]]
 
 
 def _write(tmp_path: Path, doc: Any, name: str = "p.json", **dump_kw: Any) -> Path:
@@ -92,10 +96,7 @@ def test_prompt_metadata_and_category_lookup(pset: P.PromptSet, raw: dict[str, A
         prompts = pset.prompts(split)
         assert [p.split_index for p in prompts] == list(range(280))
         assert all(p.split == split for p in prompts)
-        expected = [
-            (c["name"], s["name"], i, t)
-            for c in raw["categories"] for s in c["subcategories"] for i, t in enumerate(s[split])
-        ]
+        expected = [(c["name"], s["name"], i, t) for c in raw["categories"] for s in c["subcategories"] for i, t in enumerate(s[split])]
         assert [(p.category, p.subcategory, p.sub_index, p.text) for p in prompts] == expected
         for p in prompts:
             assert pset.category_of(p.text) == p.category
@@ -155,9 +156,7 @@ def _reverse_keys(obj: Any) -> Any:
     return obj
 
 
-def test_hash_ignores_key_order_and_formatting(
-    tmp_path: Path, pset: P.PromptSet, raw: dict[str, Any]
-) -> None:
+def test_hash_ignores_key_order_and_formatting(tmp_path: Path, pset: P.PromptSet, raw: dict[str, Any]) -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", pset.content_hash)
     assert P.load_prompt_set(DATA_FILE).content_hash == pset.content_hash
     variants = [
@@ -266,10 +265,7 @@ def test_clip_token_budget(pset: P.PromptSet) -> None:
     import open_clip
 
     tok = open_clip.get_tokenizer("ViT-B-32")
-    query = (
-        "a watercolor style with soft pastel colors, loose brush strokes "
-        "and visible paper texture everywhere"
-    )
+    query = "a watercolor style with soft pastel colors, loose brush strokes and visible paper texture everywhere"
     assert len(query.split()) >= 15
     q_ids = tok.encode(query)
     for p in pset.index_prompts + pset.query_prompts:
@@ -293,36 +289,38 @@ def _sub(d: dict, c: int = 0, s: int = 0) -> dict:
 BAD_EDITS: list[tuple[str, Callable[[dict], Any], str]] = [
     ("drop category", lambda d: d["categories"].pop(), r"expected categories with subcategory"),
     ("drop subcategory", lambda d: d["categories"][4]["subcategories"].pop(), r"\('Animals', 2\)"),
-    ("rename category", lambda d: d["categories"][0].__setitem__("name", "People"),
-     r"\('People', 4\)"),
-    ("seven prompts", lambda d: _sub(d)["index"].pop(),
-     r"has 7 index and 8 query prompts; expected 8"),
-    ("duplicate", lambda d: _sub(d, 1)["index"].__setitem__(3, _sub(d, 1)["index"][0].upper()),
-     r"duplicate prompt: .*index\[3\].*repeats .*index\[0\]"),
-    ("overlap", lambda d: _sub(d, 2, 1)["query"].__setitem__(0, _sub(d)["index"][5]),
-     r"index/query overlap: Artistic Styles / .* / query\[0\] .* repeats Portraits / .* / "
-     r"index\[5\]"),
+    ("rename category", lambda d: d["categories"][0].__setitem__("name", "People"), r"\('People', 4\)"),
+    ("seven prompts", lambda d: _sub(d)["index"].pop(), r"has 7 index and 8 query prompts; expected 8"),
+    (
+        "duplicate",
+        lambda d: _sub(d, 1)["index"].__setitem__(3, _sub(d, 1)["index"][0].upper()),
+        r"duplicate prompt: .*index\[3\].*repeats .*index\[0\]",
+    ),
+    (
+        "overlap",
+        lambda d: _sub(d, 2, 1)["query"].__setitem__(0, _sub(d)["index"][5]),
+        r"index/query overlap: Artistic Styles / .* / query\[0\] .* repeats Portraits / .* / "
+        r"index\[5\]",
+    ),
     ("unknown key", lambda d: _sub(d).__setitem__("indx", []), r"unknown key\(s\) \['indx'\]"),
     ("missing key", lambda d: _sub(d).pop("query"), r"missing key\(s\) \['query'\]"),
-    ("trailing period", lambda d: _sub(d)["index"].__setitem__(2, "a red barn in the snow."),
-     r"ends with '\.'"),
+    ("trailing period", lambda d: _sub(d)["index"].__setitem__(2, "a red barn in the snow."), r"ends with '\.'"),
     ("not a string", lambda d: _sub(d)["query"].__setitem__(2, 42), r"query\[2\] must be a string"),
     ("empty prompt", lambda d: _sub(d)["query"].__setitem__(2, "  "), r"query\[2\] is empty"),
     ("double space", lambda d: _sub(d)["query"].__setitem__(2, "a red  barn at dusk"), r"doubled"),
     ("bad id", lambda d: d.__setitem__("id", "Carlos Prompts"), r"id must be a lowercase slug"),
-    ("same subcategory twice", lambda d: _sub(d, 0, 1).__setitem__("name", _sub(d)["name"]),
-     r"subcategory .* is used in both Portraits and Portraits"),
-    ("same category twice", lambda d: d["categories"][1].__setitem__("name", "Portraits"),
-     r"category name 'Portraits' appears twice"),
-    ("categories not a list", lambda d: d.__setitem__("categories", {}),
-     r"categories must be a non-empty list"),
+    (
+        "same subcategory twice",
+        lambda d: _sub(d, 0, 1).__setitem__("name", _sub(d)["name"]),
+        r"subcategory .* is used in both Portraits and Portraits",
+    ),
+    ("same category twice", lambda d: d["categories"][1].__setitem__("name", "Portraits"), r"category name 'Portraits' appears twice"),
+    ("categories not a list", lambda d: d.__setitem__("categories", {}), r"categories must be a non-empty list"),
 ]
 
 
 @pytest.mark.parametrize("label, edit, message", BAD_EDITS, ids=[b[0] for b in BAD_EDITS])
-def test_bad_files_rejected(
-    tmp_path: Path, raw: dict[str, Any], label: str, edit: Callable, message: str
-) -> None:
+def test_bad_files_rejected(tmp_path: Path, raw: dict[str, Any], label: str, edit: Callable, message: str) -> None:
     edit(raw)
     path = _write(tmp_path, raw)
     with pytest.raises(InvalidInputError, match=message) as info:
@@ -342,14 +340,19 @@ def test_unreadable_files_rejected(tmp_path: Path) -> None:
 
 
 def test_custom_shape_and_uneven_subset(tmp_path: Path) -> None:
-    doc = {"id": "tiny", "categories": [
-        {"name": "A", "subcategories": [
-            {"name": "a1", "index": ["one cat", "two cats", "three cats"],
-             "query": ["x", "y", "z"]},
-            {"name": "a2", "index": ["a dog"], "query": ["w"]},
-        ]},
-        {"name": "B", "subcategories": [{"name": "b1", "index": ["a bird"], "query": ["v"]}]},
-    ]}
+    doc = {
+        "id": "tiny",
+        "categories": [
+            {
+                "name": "A",
+                "subcategories": [
+                    {"name": "a1", "index": ["one cat", "two cats", "three cats"], "query": ["x", "y", "z"]},
+                    {"name": "a2", "index": ["a dog"], "query": ["w"]},
+                ],
+            },
+            {"name": "B", "subcategories": [{"name": "b1", "index": ["a bird"], "query": ["v"]}]},
+        ],
+    }
     with pytest.raises(InvalidInputError, match="expected 8 of each"):
         P.load_prompt_set(_write(tmp_path, doc))
     tiny = P.load_prompt_set(_write(tmp_path, doc), shape=None, per_subcategory=None)

@@ -29,11 +29,21 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, tiny_clip) -> Store:
     store.upsert_loras([{"lora_id": f"l{i}", "source": "test", "name": f"lora {i}"} for i in range(n)])
     strength = np.linspace(1.0, 12.0, n)
     consistency = np.linspace(0.0, 0.5, n)
-    store.put_representations([
-        {"lora_id": f"l{i}", "embedder": tiny_clip.embedder_id, "direction": rng.normal(size=tiny_clip.dim),
-         "strength": float(strength[i]), "consistency": float(consistency[i]), "n_samples": 4,
-         "protocol": "synthetic", "backend": "none"} for i in range(n)
-    ])  # fmt: skip
+    store.put_representations(
+        [
+            {
+                "lora_id": f"l{i}",
+                "embedder": tiny_clip.embedder_id,
+                "direction": rng.normal(size=tiny_clip.dim),
+                "strength": float(strength[i]),
+                "consistency": float(consistency[i]),
+                "n_samples": 4,
+                "protocol": "synthetic",
+                "backend": "none",
+            }
+            for i in range(n)
+        ]
+    )
     return store
 
 
@@ -68,8 +78,7 @@ def test_repeated_query_is_a_cache_hit_with_the_same_result(service: SearchServi
 
 def test_filters_exclude_exactly_the_right_loras(service: SearchService, tiny_store) -> None:
     t = Thresholds(strength_max=9.8, consistency_min=0.041)
-    res = service.search("celestial beings", SearchConfig(retriever="carlos", clip_model="tiny",
-                                                         top_k=20, thresholds=t))  # fmt: skip
+    res = service.search("celestial beings", SearchConfig(retriever="carlos", clip_model="tiny", top_k=20, thresholds=t))
     frame = tiny_store.corpus_frame("tiny-clip/seed0").set_index("lora_id")
     expected_out = {lid for lid, r in frame.iterrows() if r.strength > 9.8 or r.consistency < 0.041}
     assert {h.lora_id for h in res.hits} == set(frame.index) - expected_out

@@ -100,8 +100,7 @@ def test_query_by_upload_finds_what_it_behaves_like(store_copy: Store) -> None:
     original = view.matrix[view.row_of("civitai:130580")]
     upload = original + rng.normal(scale=0.1 * np.abs(original).mean(), size=original.shape)
     store_copy.upsert_loras([{"lora_id": "sha256:abc", "source": "upload", "name": "suspicious upload"}])
-    store_copy.put_representation("sha256:abc", view.embedder, upload, 5.0, 0.1, 4480,
-                                  {"protocol": "paper", "backend": "sdxl-base-1.0"})  # fmt: skip
+    store_copy.put_representation("sha256:abc", view.embedder, upload, 5.0, 0.1, 4480, {"protocol": "paper", "backend": "sdxl-base-1.0"})
     res = similar(load_view(store_copy), "sha256:abc", thresholds=Thresholds(), top_k=5)
     assert res.hits[0].lora_id == "civitai:130580" and res.hits[0].score > 0.95
     assert all("pixel" in h.name.lower() for h in res.hits)

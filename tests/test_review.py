@@ -29,8 +29,9 @@ def test_claim_then_decide_records_before_and_after(store_copy: Store) -> None:
     log = store_copy.decisions(PIXEL)
     assert list(log["action"]) == ["escalate", "flag"]
     assert list(zip(log["status_before"], log["status_after"])) == [
-        ("flagged", "escalated"), ("unreviewed", "flagged"),
-    ]  # fmt: skip
+        ("flagged", "escalated"),
+        ("unreviewed", "flagged"),
+    ]
     assert review.status_of(store_copy, PIXEL) == "escalated"
 
 

@@ -87,10 +87,11 @@ def test_two_processes_write_and_nothing_is_lost(tmp_path: Path) -> None:
     Store.open(path)
     n = 40
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(path), role, str(n)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), role, str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for role in ("worker", "dashboard")
-    ]  # fmt: skip
+    ]
     reader = Store.open(path)
     seen = 0
     while any(p.poll() is None for p in procs):  # a third process reads meanwhile
@@ -110,13 +111,18 @@ def test_lock_timeout_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "busy.duckdb"
     Store.open(path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import fcntl, os, time
-            fd = os.open({str(path) + '.lock'!r}, os.O_RDWR | os.O_CREAT)
+            fd = os.open({str(path) + ".lock"!r}, os.O_RDWR | os.O_CREAT)
             fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)
-        """)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(StoreBusyError, match="stayed locked"):

@@ -32,13 +32,13 @@ from carlos.textual import (
 
 CIVITAI_HTML = (
     '<h2 id="x">🎨 <strong>Pixel&nbsp;Art</strong> <em>Style</em></h2>'
-    '<p>Trigger words: <code>pixel_art</code>, <code>8bit</code><br>'
-    'Recommended weight: 0.8&ndash;1.0 &amp; CFG&gt;5 &#39;quoted&#39; caf&eacute;</p>'
+    "<p>Trigger words: <code>pixel_art</code>, <code>8bit</code><br>"
+    "Recommended weight: 0.8&ndash;1.0 &amp; CFG&gt;5 &#39;quoted&#39; caf&eacute;</p>"
     '<p>More at <a href="https://civitai.com/models/123?x=1" target="_blank" rel="ugc">my page</a> '
-    'or https://example.com/a/b?c=d and www.example.org/x.</p>'
-    '<ul><li><p>像素风格，适合游戏角色</p></li><li><p>ドット絵のキャラクター</p></li></ul>'
+    "or https://example.com/a/b?c=d and www.example.org/x.</p>"
+    "<ul><li><p>像素风格，适合游戏角色</p></li><li><p>ドット絵のキャラクター</p></li></ul>"
     '<script>alert("x")</script><style>p{color:red}</style>'
-    '<p>Thanks ❤️ &lt;lora:pixel:0.8&gt;</p>'
+    "<p>Thanks ❤️ &lt;lora:pixel:0.8&gt;</p>"
 )
 
 
@@ -95,9 +95,7 @@ def test_document_text_repeats_name_first() -> None:
 
 
 def test_tokenize_english() -> None:
-    assert tokenize("The Pixel-Art sprites of a RETRO game, v2 (x) 1girl!") == [
-        "pixel", "art", "sprite", "retro", "game", "v2", "1girl"
-    ]
+    assert tokenize("The Pixel-Art sprites of a RETRO game, v2 (x) 1girl!") == ["pixel", "art", "sprite", "retro", "game", "v2", "1girl"]
     assert tokenize("pixel_art_style") == ["pixel", "art", "style"]
     assert tokenize("puppies boxes glasses bus status") == ["puppy", "box", "glass", "bus", "status"]
     assert tokenize("sprites", stem=False) == ["sprites"]
@@ -155,9 +153,7 @@ def naive_bm25(docs: list[str], query: str, k1: float = 1.2, b: float = 0.75) ->
     return out
 
 
-@pytest.mark.parametrize(
-    "query", ["pixel art", "art art portrait", "anime painting style", "像素游戏", "neon", "zzz"]
-)
+@pytest.mark.parametrize("query", ["pixel art", "art art portrait", "anime painting style", "像素游戏", "neon", "zzz"])
 @pytest.mark.parametrize("k1,b", [(1.2, 0.75), (2.0, 0.3), (0.5, 1.0)])
 def test_bm25_matches_naive_formula(query: str, k1: float, b: float) -> None:
     index = BM25Index.build(CORPUS, BM25Config(k1=k1, b=b))
@@ -295,9 +291,7 @@ def test_embedder_rejects_bad_input(embedder: TextEmbedder) -> None:
         embedder.embed(["ok"], batch_size=0)
 
 
-def test_resolve_local_folder_and_hf_cache(
-    embedder: TextEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_local_folder_and_hf_cache(embedder: TextEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path, model_id = resolve_text_model(embedder.path)
     assert path == embedder.path and model_id == "local/model"
     assert TextEmbedder(str(embedder.path), model_id="minilm-copy").model_id == "minilm-copy@128"

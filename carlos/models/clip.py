@@ -111,9 +111,7 @@ def get_clip_spec(name: str) -> ClipSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise InvalidInputError(
-            f"unknown CLIP model {name!r}; choose one of: {', '.join(list_clip_models())}"
-        ) from None
+        raise InvalidInputError(f"unknown CLIP model {name!r}; choose one of: {', '.join(list_clip_models())}") from None
 
 
 # --------------------------------------------------------------------------- weights
@@ -259,15 +257,11 @@ def load_clip(
             raise WeightsUnavailableError(_missing_weights_message(spec))
         try:
             if path is not None:
-                model = open_clip.create_model(
-                    spec.architecture, pretrained=str(path), force_quick_gelu=spec.quick_gelu
-                )
+                model = open_clip.create_model(spec.architecture, pretrained=str(path), force_quick_gelu=spec.quick_gelu)
                 source = str(path)
             else:
                 logger.info("downloading %s weights through open_clip", spec.name)
-                model = open_clip.create_model(
-                    spec.architecture, pretrained=spec.weights, force_quick_gelu=spec.quick_gelu
-                )
+                model = open_clip.create_model(spec.architecture, pretrained=spec.weights, force_quick_gelu=spec.quick_gelu)
                 source = f"open_clip:{spec.architecture}/{spec.weights}"
         except Exception as exc:  # any failure here means: no usable weights (corrupt, wrong model)
             where = path if path is not None else "the network"
@@ -302,9 +296,7 @@ def _check_texts(texts: Sequence[str] | str) -> list[str]:
 class ClipEmbedder:
     """Text and image features of one CLIP model, as unnormalized float32 numpy arrays."""
 
-    def __init__(
-        self, model: Any, tokenizer: Any, preprocess: Any, *, spec: ClipSpec, device: str, weights_source: str
-    ) -> None:
+    def __init__(self, model: Any, tokenizer: Any, preprocess: Any, *, spec: ClipSpec, device: str, weights_source: str) -> None:
         self._model = model  # open_clip CLIP, eval mode; used by carlos.models.text_cache
         self._tokenizer = tokenizer
         self._preprocess = preprocess
@@ -363,9 +355,7 @@ class ClipEmbedder:
         return tokens, truncated
 
     # ---- features
-    def _run_batches(
-        self, items: list[Any], batch_size: int, encode: Callable[[list[Any]], Any], progress: Progress | None
-    ) -> np.ndarray:
+    def _run_batches(self, items: list[Any], batch_size: int, encode: Callable[[list[Any]], Any], progress: Progress | None) -> np.ndarray:
         import torch
 
         out = np.empty((len(items), self.dim), dtype=np.float32)
@@ -377,9 +367,7 @@ class ClipEmbedder:
                     progress(start + len(chunk), len(items))
         return out
 
-    def text_features(
-        self, texts: Sequence[str] | str, batch_size: int = 64, progress: Progress | None = None
-    ) -> np.ndarray:
+    def text_features(self, texts: Sequence[str] | str, batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
         """Projected text features, not normalized (open_clip ``encode_text(normalize=False)``)."""
         import torch
 
@@ -401,9 +389,7 @@ class ClipEmbedder:
 
         return self._run_batches(rows, batch_size, encode, progress)
 
-    def image_features(
-        self, images: Sequence[Any], batch_size: int = 32, progress: Progress | None = None
-    ) -> np.ndarray:
+    def image_features(self, images: Sequence[Any], batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
         """Projected image features, not normalized, of PIL images or uint8 HxWx3 arrays."""
         import torch
         from PIL import Image
@@ -417,14 +403,10 @@ class ClipEmbedder:
                 pil.append(img.convert("RGB"))
             elif isinstance(img, np.ndarray):
                 if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                    raise InvalidInputError(
-                        f"image {i}: arrays must be uint8 HxWx3, got {img.dtype} {img.shape}"
-                    )
+                    raise InvalidInputError(f"image {i}: arrays must be uint8 HxWx3, got {img.dtype} {img.shape}")
                 pil.append(Image.fromarray(np.ascontiguousarray(img), "RGB"))
             else:
-                raise InvalidInputError(
-                    f"image {i}: expected a PIL image or a uint8 HxWx3 array, got {type(img).__name__}"
-                )
+                raise InvalidInputError(f"image {i}: expected a PIL image or a uint8 HxWx3 array, got {type(img).__name__}")
 
         def encode(chunk: list[Any]) -> Any:
             batch = torch.stack([self._preprocess(im) for im in chunk]).to(self.device)

@@ -92,9 +92,7 @@ def _random_sdxl_loader(*, seed: int, device: str, dtype: Any, cache_dir: Any, *
     from carlos.models.tiny_sdxl import SDXL_BASE_1_0, build_sdxl_pipeline
 
     on_gpu = not device.startswith("cpu")
-    pipe = build_sdxl_pipeline(
-        SDXL_BASE_1_0, seed=seed, device=device, dtype=dtype, tokenizer_cache=cache_dir, init_on_device=on_gpu
-    )
+    pipe = build_sdxl_pipeline(SDXL_BASE_1_0, seed=seed, device=device, dtype=dtype, tokenizer_cache=cache_dir, init_on_device=on_gpu)
     return pipe, f"sdxl-random/seed{seed}" + ("/gpu-init" if on_gpu else "")
 
 
@@ -133,9 +131,7 @@ def list_backends() -> list[str]:
 
 def get_backend_spec(name: str) -> BackendSpec:
     if name not in _BACKENDS:
-        raise InvalidInputError(
-            f"unknown diffusion backend {name!r}; valid backends: {', '.join(list_backends())}"
-        )
+        raise InvalidInputError(f"unknown diffusion backend {name!r}; valid backends: {', '.join(list_backends())}")
     return _BACKENDS[name]
 
 
@@ -193,20 +189,28 @@ class DiffusionBackend:
             batch_size = 8 if on_gpu or name == "tiny" else 1
         self.default_batch_size = self._check_batch(batch_size)
         if self.device == "cpu" and name != "tiny":
-            est = estimate_sdxl_cpu_seconds(self.settings.steps, self.settings.guidance_scale,
-                                            self.settings.height, self.settings.width)
+            est = estimate_sdxl_cpu_seconds(self.settings.steps, self.settings.guidance_scale, self.settings.height, self.settings.width)
             logger.warning(
                 "running full-size SDXL on CPU: about %.1f min per image at %dx%d, %d steps "
                 "(estimate: %.1f TFLOP per UNet evaluation at 1024x1024 counted with torch's FlopCounterMode, "
                 "x2 for guidance, + VAE decode, at %.0f%% of this CPU's measured fp32 matmul rate); "
                 "use a CUDA GPU for real runs",
-                est / 60, self.settings.width, self.settings.height, self.settings.steps,
-                SDXL_UNET_TFLOP_PER_EVAL_1024, CPU_EFFICIENCY * 100,
+                est / 60,
+                self.settings.width,
+                self.settings.height,
+                self.settings.steps,
+                SDXL_UNET_TFLOP_PER_EVAL_1024,
+                CPU_EFFICIENCY * 100,
             )
         t0 = time.perf_counter()
         self.pipeline, self.backend_id = self.spec.loader(
-            seed=seed, device=self.device, dtype=getattr(torch, dtype), weights=weights,
-            sdxl_config=sdxl_config, allow_download=allow_download, cache_dir=cache_dir,
+            seed=seed,
+            device=self.device,
+            dtype=getattr(torch, dtype),
+            weights=weights,
+            sdxl_config=sdxl_config,
+            allow_download=allow_download,
+            cache_dir=cache_dir,
         )
         self.pipeline.set_progress_bar_config(disable=True)
         self.pipeline_loads = 1
@@ -241,9 +245,7 @@ class DiffusionBackend:
         if adapter_name is None:
             adapter_name = f"carlos_lora_{self.lora_loads}"
         if not isinstance(adapter_name, str) or not _ADAPTER_NAME.match(adapter_name):
-            raise InvalidInputError(
-                f"adapter_name must be a Python identifier of <= 64 characters, got {adapter_name!r}"
-            )
+            raise InvalidInputError(f"adapter_name must be a Python identifier of <= 64 characters, got {adapter_name!r}")
         if self.active_lora is not None:
             self.unload_lora()
         pipe = self.pipeline
@@ -255,9 +257,7 @@ class DiffusionBackend:
             pipe.set_adapters([adapter_name], adapter_weights=[float(self.settings.lora_scale)])
         except (ValueError, KeyError, RuntimeError, TypeError) as err:
             self._remove_adapters()
-            raise InvalidLoRAFileError(
-                f"could not load LoRA {path.name} onto {self.backend_id}: {err}"
-            ) from err
+            raise InvalidLoRAFileError(f"could not load LoRA {path.name} onto {self.backend_id}: {err}") from err
         self.active_lora, self.adapter_name = path.resolve(), adapter_name
         self.lora_loads += 1
         logger.info("loaded LoRA %s as adapter %s", path.name, adapter_name)

@@ -70,16 +70,13 @@ def _real_sdxl_loader(
             raise WeightsUnavailableError(f"{path} is not a diffusers folder (no model_index.json)")
         if not path.is_dir():
             if source.startswith((".", "/", "~")) or source.count("/") != 1:
-                raise WeightsUnavailableError(
-                    f"no such SDXL weights file or folder: {source}\n" + sdxl_weights_help(cache)
-                )
+                raise WeightsUnavailableError(f"no such SDXL weights file or folder: {source}\n" + sdxl_weights_help(cache))
             if not allow_download and not in_hf_cache(source, cache):
                 raise WeightsUnavailableError(sdxl_weights_help(cache))
         # fp16 files first on GPU, full-precision first on CPU; either converts to `dtype`
         variants = ["fp16", None] if dtype == torch.float16 else [None, "fp16"]
         attempts = [
-            (lambda v=v: StableDiffusionXLPipeline.from_pretrained(source, variant=v, use_safetensors=True, **common))
-            for v in variants
+            (lambda v=v: StableDiffusionXLPipeline.from_pretrained(source, variant=v, use_safetensors=True, **common)) for v in variants
         ]
         backend_id = SDXL_BACKEND_ID if source == SDXL_REPO_ID else f"sdxl:{path.name}"
     errors = []
@@ -90,9 +87,7 @@ def _real_sdxl_loader(
         except (OSError, ValueError) as err:
             errors.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
     else:
-        raise WeightsUnavailableError(
-            f"could not load SDXL from {source}: {'; '.join(errors)}\n" + sdxl_weights_help(cache)
-        )
+        raise WeightsUnavailableError(f"could not load SDXL from {source}: {'; '.join(errors)}\n" + sdxl_weights_help(cache))
     return pipe.to(device), backend_id
 
 
@@ -121,8 +116,7 @@ def _single_file_config(sdxl_config: Any, cache: Path, cache_dir: Any) -> str:
     if in_hf_cache(SDXL_REPO_ID, cache):
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(SDXL_REPO_ID, cache_dir=str(cache), local_files_only=True,
-                                 allow_patterns=["*.json", "*.txt"])
+        return snapshot_download(SDXL_REPO_ID, cache_dir=str(cache), local_files_only=True, allow_patterns=["*.json", "*.txt"])
     from carlos.models.tiny_sdxl import SDXL_BASE_1_0, write_diffusers_configs
 
     return str(write_diffusers_configs(SDXL_BASE_1_0, tokenizer_cache=cache_dir))

@@ -61,9 +61,7 @@ def check_supported(embedder: ClipEmbedder) -> None:
         problems.append("not an open_clip CLIP with a built-in text transformer")
     else:
         mask = getattr(model, "attn_mask", None)
-        if mask is None or not torch.equal(
-            torch.isinf(mask).cpu(), torch.ones_like(mask, dtype=torch.bool).cpu().triu(1)
-        ):
+        if mask is None or not torch.equal(torch.isinf(mask).cpu(), torch.ones_like(mask, dtype=torch.bool).cpu().triu(1)):
             problems.append("text attention is not causal")
         if getattr(model, "text_pool_type", None) != "argmax":
             problems.append(f"pooling {getattr(model, 'text_pool_type', None)!r} is not 'argmax'")
@@ -78,14 +76,11 @@ def check_supported(embedder: ClipEmbedder) -> None:
                 break
     if problems:
         raise InvalidInputError(
-            f"the KV cache cannot serve {embedder.embedder_id}: {'; '.join(problems)}; "
-            f"use carlos.query.query_direction_naive instead"
+            f"the KV cache cannot serve {embedder.embedder_id}: {'; '.join(problems)}; use carlos.query.query_direction_naive instead"
         )
 
 
-def _forward(
-    model: Any, tokens: Any, positions: Any, mask: Any, past: list[tuple[Any, Any]] | None
-) -> tuple[Any, list[tuple[Any, Any]]]:
+def _forward(model: Any, tokens: Any, positions: Any, mask: Any, past: list[tuple[Any, Any]] | None) -> tuple[Any, list[tuple[Any, Any]]]:
     """Run new positions through the text blocks; returns the residual stream and new keys/values.
 
     ``tokens``/``positions``: (B, L) long; ``mask``: (B, 1, L, P + L) bool, True = may attend;
@@ -233,9 +228,7 @@ def build_prefix_cache(
     return cache
 
 
-def _run_chunk(
-    model: Any, chunk: _Chunk, sel: list[int], news: list[list[int]], starts: list[int], device: str, ctx: int
-) -> Any:
+def _run_chunk(model: Any, chunk: _Chunk, sel: list[int], news: list[list[int]], starts: list[int], device: str, ctx: int) -> Any:
     """Features of the composed texts of prompts ``sel`` (positions in the chunk): only the
     ``news[i]`` tokens from position ``starts[i]`` on run; earlier positions come from the cache."""
     import torch
@@ -291,9 +284,7 @@ def query_direction_cached(cache: PrefixCache, query: str) -> QueryDirection:
     diffs = composed_feats.astype(np.float64) - cache.base_features.astype(np.float64)
     log_truncation(q, n_truncated, n, ctx)
     if n_reencoded:
-        logger.info(
-            "query %r: %d of %d prompts re-encoded past a tokenization change", q[:80], n_reencoded, n
-        )
+        logger.info("query %r: %d of %d prompts re-encoded past a tokenization change", q[:80], n_reencoded, n)
     return QueryDirection(
         query=q,
         direction=diffs.mean(axis=0).astype(np.float32),

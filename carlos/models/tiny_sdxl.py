@@ -54,11 +54,7 @@ def _default_tokenizer_cache() -> Path:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte -> printable unicode map (the first 256 vocabulary entries)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("\xa1"), ord("\xac") + 1))
-        + list(range(ord("\xae"), ord("\xff") + 1))
-    )
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -88,10 +84,7 @@ def clip_tokenizer_dir(cache_dir: str | Path | None = None) -> Path:
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     vocab += [BOS_TOKEN, EOS_TOKEN]
     if len(vocab) != CLIP_VOCAB_SIZE or len(set(vocab)) != CLIP_VOCAB_SIZE:
-        raise InvalidInputError(
-            f"open_clip's BPE table gave {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE}; "
-            "reinstall open_clip_torch"
-        )
+        raise InvalidInputError(f"open_clip's BPE table gave {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE}; reinstall open_clip_torch")
     folder.mkdir(parents=True, exist_ok=True)
     files = {
         "vocab.json": json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False),
@@ -165,9 +158,15 @@ def check_sdxl_consistency(arch: SDXLArchitecture) -> None:
 #: The Euler scheduler of SDXL base 1.0 (scheduler/scheduler_config.json there).
 SDXL_SCHEDULER = _frozen(
     {
-        "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon", "interpolation_type": "linear", "use_karras_sigmas": False,
-        "timestep_spacing": "leading", "steps_offset": 1,
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "epsilon",
+        "interpolation_type": "linear",
+        "use_karras_sigmas": False,
+        "timestep_spacing": "leading",
+        "steps_offset": 1,
     }
 )
 
@@ -176,36 +175,64 @@ SDXL_BASE_1_0 = SDXLArchitecture(
     name="sdxl-base-1.0",
     unet=_frozen(
         {
-            "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+            "sample_size": 128,
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 2,
             "block_out_channels": (320, 640, 1280),
             "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            "transformer_layers_per_block": (1, 2, 10), "attention_head_dim": (5, 10, 20),
-            "cross_attention_dim": 2048, "use_linear_projection": True, "norm_num_groups": 32,
-            "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-            "projection_class_embeddings_input_dim": 2816, "flip_sin_to_cos": True, "freq_shift": 0,
+            "transformer_layers_per_block": (1, 2, 10),
+            "attention_head_dim": (5, 10, 20),
+            "cross_attention_dim": 2048,
+            "use_linear_projection": True,
+            "norm_num_groups": 32,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 256,
+            "projection_class_embeddings_input_dim": 2816,
+            "flip_sin_to_cos": True,
+            "freq_shift": 0,
         }
     ),
     vae=_frozen(
         {
-            "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
-            "block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
-            "up_block_types": ("UpDecoderBlock2D",) * 4, "norm_num_groups": 32, "sample_size": 1024,
-            "scaling_factor": 0.13025, "force_upcast": True,
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 4,
+            "layers_per_block": 2,
+            "block_out_channels": (128, 256, 512, 512),
+            "down_block_types": ("DownEncoderBlock2D",) * 4,
+            "up_block_types": ("UpDecoderBlock2D",) * 4,
+            "norm_num_groups": 32,
+            "sample_size": 1024,
+            "scaling_factor": 0.13025,
+            "force_upcast": True,
         }
     ),
     text_encoder=_frozen(  # CLIP ViT-L/14 text tower (OpenAI)
         {
-            "vocab_size": CLIP_VOCAB_SIZE, "hidden_size": 768, "intermediate_size": 3072, "projection_dim": 768,
-            "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
-            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+            "vocab_size": CLIP_VOCAB_SIZE,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "projection_dim": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
         }
     ),
     text_encoder_2=_frozen(  # OpenCLIP ViT-bigG/14 text tower, with its text projection
         {
-            "vocab_size": CLIP_VOCAB_SIZE, "hidden_size": 1280, "intermediate_size": 5120, "projection_dim": 1280,
-            "num_hidden_layers": 32, "num_attention_heads": 20, "max_position_embeddings": 77,
-            "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+            "vocab_size": CLIP_VOCAB_SIZE,
+            "hidden_size": 1280,
+            "intermediate_size": 5120,
+            "projection_dim": 1280,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 20,
+            "max_position_embeddings": 77,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
         }
     ),
     scheduler=SDXL_SCHEDULER,
@@ -218,34 +245,64 @@ TINY_SDXL = SDXLArchitecture(
     name="tiny-sdxl",
     unet=_frozen(
         {
-            "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-            "block_out_channels": (32, 64), "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "transformer_layers_per_block": (1, 2),
-            "attention_head_dim": (2, 4), "cross_attention_dim": 32 + 64, "use_linear_projection": True,
-            "norm_num_groups": 16, "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
-            "projection_class_embeddings_input_dim": 6 * 8 + 32, "flip_sin_to_cos": True, "freq_shift": 0,
+            "sample_size": 16,
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 2,
+            "block_out_channels": (32, 64),
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "transformer_layers_per_block": (1, 2),
+            "attention_head_dim": (2, 4),
+            "cross_attention_dim": 32 + 64,
+            "use_linear_projection": True,
+            "norm_num_groups": 16,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + 32,
+            "flip_sin_to_cos": True,
+            "freq_shift": 0,
         }
     ),
     vae=_frozen(
         {
-            "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
-            "block_out_channels": (16, 32, 32), "down_block_types": ("DownEncoderBlock2D",) * 3,
-            "up_block_types": ("UpDecoderBlock2D",) * 3, "norm_num_groups": 8, "sample_size": 64,
-            "scaling_factor": 0.13025, "force_upcast": False,
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 4,
+            "layers_per_block": 1,
+            "block_out_channels": (16, 32, 32),
+            "down_block_types": ("DownEncoderBlock2D",) * 3,
+            "up_block_types": ("UpDecoderBlock2D",) * 3,
+            "norm_num_groups": 8,
+            "sample_size": 64,
+            "scaling_factor": 0.13025,
+            "force_upcast": False,
         }
     ),
     text_encoder=_frozen(
         {
-            "vocab_size": CLIP_VOCAB_SIZE, "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
-            "num_hidden_layers": 3, "num_attention_heads": 4, "max_position_embeddings": 77,
-            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+            "vocab_size": CLIP_VOCAB_SIZE,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "projection_dim": 32,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
         }
     ),
     text_encoder_2=_frozen(
         {
-            "vocab_size": CLIP_VOCAB_SIZE, "hidden_size": 64, "intermediate_size": 128, "projection_dim": 32,
-            "num_hidden_layers": 3, "num_attention_heads": 4, "max_position_embeddings": 77,
-            "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+            "vocab_size": CLIP_VOCAB_SIZE,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "projection_dim": 32,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
         }
     ),
     scheduler=SDXL_SCHEDULER,
@@ -340,9 +397,7 @@ def build_sdxl_pipeline(
     return pipe
 
 
-def write_diffusers_configs(
-    arch: SDXLArchitecture, dest: str | Path | None = None, tokenizer_cache: str | Path | None = None
-) -> Path:
+def write_diffusers_configs(arch: SDXLArchitecture, dest: str | Path | None = None, tokenizer_cache: str | Path | None = None) -> Path:
     """Write ``arch`` as a diffusers pipeline folder without weights (configs + tokenizers).
 
     ``from_single_file(..., config=folder)`` needs such a folder to know the architecture; this
@@ -354,12 +409,18 @@ def write_diffusers_configs(
 
     folder = Path(dest) if dest is not None else default_paths().cache_dir / "diffusers_configs" / arch.name
     index = {
-        "_class_name": "StableDiffusionXLPipeline", "_diffusers_version": diffusers.__version__,
-        "force_zeros_for_empty_prompt": True, "feature_extractor": [None, None], "image_encoder": [None, None],
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "_class_name": "StableDiffusionXLPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "force_zeros_for_empty_prompt": True,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
         "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
     }
     files = {
         "model_index.json": index,
@@ -425,9 +486,7 @@ def measure_cpu_gflops(seconds: float = 0.2) -> float:
     return 2 * 512**3 * n / elapsed / 1e9
 
 
-def estimate_sdxl_cpu_seconds(
-    steps: int, guidance_scale: float, height: int, width: int, gflops: float | None = None
-) -> float:
+def estimate_sdxl_cpu_seconds(steps: int, guidance_scale: float, height: int, width: int, gflops: float | None = None) -> float:
     """Seconds per SDXL image on this CPU: counted FLOPs / (measured matmul rate x efficiency).
 
     FLOPs are scaled linearly with the pixel count (attention grows faster, so large images
