@@ -24,13 +24,14 @@ from typing import Any, TypeVar
 import pandas as pd
 import streamlit as st
 
-from carlos import review
-from carlos.capabilities import Capabilities, detect
-from carlos.catalog import CorpusView, load_view
 from carlos.config import CORPUS_EMBEDDER, Thresholds, default_paths
+from carlos.core.risk import RiskPolicy, annotate, nsfw_label
+from carlos.core.view import CorpusView
 from carlos.errors import CarlosError
-from carlos.risk import RiskPolicy, annotate, nsfw_label
-from carlos.store import Store
+from carlos.review import workflow as review
+from carlos.search.capabilities import Capabilities, detect
+from carlos.store.catalog import load_view
+from carlos.store.store import Store
 
 T = TypeVar("T")
 _KEEP = "_keep_"  # session_state prefix of widget values kept across pages
@@ -82,7 +83,7 @@ def corpus_frame(view: CorpusView, thresholds: Thresholds) -> pd.DataFrame:
 
 @st.cache_resource(show_spinner=False)
 def _search_service(path: str) -> Any:
-    from carlos.retrieval import SearchService
+    from carlos.search.service import SearchService
 
     return SearchService(_open_store(path))
 
@@ -519,7 +520,7 @@ def _background_worker(path: str) -> Any:
     external worker can run beside it; whichever claims a job first does it."""
     import threading
 
-    from carlos.jobs import Worker
+    from carlos.characterize.jobs import Worker
 
     worker = Worker(_open_store(path), worker_id=f"dashboard:{os.getpid()}")
     thread = threading.Thread(target=worker.run, kwargs={"poll_s": 1.0}, daemon=True, name="carlos-dashboard-worker")

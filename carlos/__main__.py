@@ -1,5 +1,5 @@
 """``python -m carlos``: the command line."""
 
-from carlos.cli import main
+from carlos.cli.main import main
 
 raise SystemExit(main())

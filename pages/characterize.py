@@ -17,9 +17,9 @@ from app_support import (
     page_setup,
     write_note,
 )
-from carlos import jobs
-from carlos.capabilities import sdxl_weights
-from carlos.characterize import PROTOCOLS
+from carlos.characterize import jobs
+from carlos.characterize.engine import PROTOCOLS
+from carlos.search.capabilities import sdxl_weights
 
 user = page_setup()
 st.title("Characterize an upload")

@@ -21,10 +21,12 @@ from app_support import (
     threshold_sidebar,
     url_default,
 )
-from carlos import plots, ranking, review
+from carlos.core import ranking
+from carlos.review import workflow as review
+from carlos.viz import figures as plots
 
 try:
-    from carlos.textual import clean_text
+    from carlos.models.textual import clean_text
 except ImportError:  # textual baselines not installed: the raw text is shown as plain text
     clean_text = None
 

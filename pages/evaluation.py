@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_support import explained, get_store, page_setup, require_corpus, search_service, threshold_sidebar
-from carlos.evaluation import (
+from carlos.evaluate.harness import (
     METRIC_LABELS,
     METRICS,
     EvalConfig,
@@ -17,7 +17,7 @@ from carlos.evaluation import (
     relevance_figure,
     relevance_frame,
 )
-from carlos.retrieval import LABELS
+from carlos.search.retrievers import LABELS
 
 user = page_setup()
 st.title("Evaluation: how diverse are the rankings?")

@@ -21,7 +21,8 @@ from app_support import (
     threshold_sidebar,
     url_default,
 )
-from carlos import maps, plots
+from carlos.viz import figures as plots
+from carlos.viz import maps
 
 page_setup()
 st.title("Map of directions")

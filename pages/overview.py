@@ -15,8 +15,8 @@ from app_support import (
     page_setup,
     require_corpus,
 )
-from carlos import review
-from carlos.risk import RISK_CLASSES, RiskPolicy, corpus_stats
+from carlos.core.risk import RISK_CLASSES, RiskPolicy, corpus_stats
+from carlos.review import workflow as review
 
 page_setup()
 st.title("CARLoS — LoRAs by what they do")

@@ -16,7 +16,7 @@ from app_support import (
     require_corpus,
     url_default,
 )
-from carlos import review
+from carlos.review import workflow as review
 
 page_setup()
 st.title("Review queue & audit log")

@@ -24,8 +24,9 @@ from app_support import (
     url_default,
     write_note,
 )
-from carlos import plots, review
-from carlos.risk import RiskPolicy, corpus_stats
+from carlos.core.risk import RiskPolicy, corpus_stats
+from carlos.review import workflow as review
+from carlos.viz import figures as plots
 
 user = page_setup()
 st.title("Risk: substantiality × volition")

@@ -17,7 +17,7 @@ from app_support import (
     threshold_sidebar,
     url_default,
 )
-from carlos.retrieval import LABELS, RETRIEVERS, SearchConfig
+from carlos.search.retrievers import LABELS, RETRIEVERS, SearchConfig
 
 user = page_setup()
 st.title("Search LoRAs by what they do")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from carlos.config import REPO_ROOT
-from carlos.corpus import fetch_release, import_parquet
-from carlos.store import Store
+from carlos.data.corpus import fetch_release, import_parquet
+from carlos.store.store import Store
 
 CACHE = REPO_ROOT / "data" / "cache"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from carlos import jobs
+from carlos.characterize import jobs
 from carlos.config import REPO_ROOT
-from carlos.store import Store
-from carlos.testing_lora import make_test_lora
+from carlos.files.testing import make_test_lora
+from carlos.store.store import Store
 
 APP = str(REPO_ROOT / "streamlit_app.py")
 

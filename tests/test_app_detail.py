@@ -12,7 +12,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from carlos.config import REPO_ROOT
-from carlos.store import Store
+from carlos.store.store import Store
 
 APP = str(REPO_ROOT / "streamlit_app.py")
 PIXEL = "civitai:130580"

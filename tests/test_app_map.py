@@ -9,10 +9,10 @@ import json
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from carlos import maps
-from carlos.catalog import load_view
 from carlos.config import CORPUS_EMBEDDER, REPO_ROOT
-from carlos.store import Store
+from carlos.store.catalog import load_view
+from carlos.store.store import Store
+from carlos.viz import maps
 
 APP = str(REPO_ROOT / "streamlit_app.py")
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from carlos import review
-from carlos.capabilities import RETRIEVERS
 from carlos.config import REPO_ROOT, Thresholds
-from carlos.store import Store
+from carlos.review import workflow as review
+from carlos.search.capabilities import RETRIEVERS
+from carlos.store.store import Store
 
 APP = str(REPO_ROOT / "streamlit_app.py")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from carlos import review
 from carlos.config import REPO_ROOT
-from carlos.store import Store
+from carlos.review import workflow as review
+from carlos.store.store import Store
 
 APP = str(REPO_ROOT / "streamlit_app.py")
 PIXEL = "civitai:130580"

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from carlos import review
-from carlos.catalog import load_view
-from carlos.cli import main as cli
+from carlos.cli.main import main as cli
 from carlos.config import REPO_ROOT, Thresholds
-from carlos.risk import RiskPolicy, corpus_stats
-from carlos.store import Store
+from carlos.core.risk import RiskPolicy, corpus_stats
+from carlos.review import workflow as review
+from carlos.store.catalog import load_view
+from carlos.store.store import Store
 
 APP = str(REPO_ROOT / "streamlit_app.py")
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carlos.bench import update_readme
-from carlos.cli import main
+from carlos.bench.common import update_readme
+from carlos.bench.synthetic import CorpusModel, corpus_statistics
+from carlos.cli.main import main
 from carlos.config import Thresholds
+from carlos.core.index import DirectionIndex, _fbgemm_available, same_top_k
 from carlos.errors import InvalidInputError
-from carlos.index import DirectionIndex, _fbgemm_available, same_top_k
-from carlos.store import Store
-from carlos.synthetic import CorpusModel, corpus_statistics
+from carlos.store.store import Store
 
 
 def _run_json(capsys: pytest.CaptureFixture, argv: list[str]) -> dict:
@@ -134,8 +134,8 @@ def test_bench_characterize_command_compares_both_procedures(capsys: pytest.Capt
 
 
 def test_random_lora_writer_makes_valid_sdxl_loras(tmp_path: Path) -> None:
-    from carlos.bench_characterize import write_random_lora
-    from carlos.jobs import validate_upload
+    from carlos.bench.characterize import write_random_lora
+    from carlos.characterize.jobs import validate_upload
     from carlos.models.tiny_sdxl import TINY_SDXL
 
     path = write_random_lora(tmp_path / "r.safetensors", TINY_SDXL, seed=1)

@@ -110,7 +110,7 @@ def test_upload_is_validated_characterized_and_shown(server: str, tmp_path: Path
     report, enqueue, and watch the dashboard's worker finish the job."""
     from playwright.sync_api import sync_playwright
 
-    from carlos.testing_lora import make_test_lora
+    from carlos.files.testing import make_test_lora
 
     lora = make_test_lora(tmp_path / "browser-demo.safetensors", seed=21)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from carlos import capabilities
+from carlos.search import capabilities
 
 REPO = "models--timm--vit_base_patch32_clip_224.openai"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carlos import jobs
-from carlos.characterize import per_category_strength
-from carlos.representation import summarize
-from carlos.store import Store
-from carlos.testing_lora import make_test_lora
+from carlos.characterize import jobs
+from carlos.characterize.engine import per_category_strength
+from carlos.core.representation import summarize
+from carlos.files.testing import make_test_lora
+from carlos.store.store import Store
 
 
 @pytest.fixture(scope="module")

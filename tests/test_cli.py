@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from carlos.cli import build_parser, main
+from carlos.cli.main import build_parser, main
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

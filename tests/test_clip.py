@@ -257,7 +257,7 @@ def test_module_import_is_cheap():
     import subprocess
     import sys
 
-    code = "import sys, carlos.models.clip, carlos.query;print('open_clip' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, carlos.models.clip, carlos.core.query;print('open_clip' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

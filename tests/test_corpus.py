@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from carlos.catalog import load_view
-from carlos.corpus import AUTHORS_RELEASE, extract_from_wheel, import_parquet
+from carlos.core.risk import corpus_stats
+from carlos.data.corpus import AUTHORS_RELEASE, extract_from_wheel, import_parquet
 from carlos.errors import CorpusIntegrityError
-from carlos.risk import corpus_stats
-from carlos.store import Store
+from carlos.store.catalog import load_view
+from carlos.store.store import Store
 
 
 def test_real_corpus_counts_match_the_paper(real_store: Store) -> None:
@@ -86,7 +86,7 @@ def test_tampered_wheel_is_refused(tmp_path: Path, corpus_parquet: Path) -> None
 
 
 def test_cached_file_is_reverified(tmp_path: Path, corpus_parquet: Path) -> None:
-    from carlos.corpus import fetch_release
+    from carlos.data.corpus import fetch_release
 
     out = tmp_path / "corpus" / "carlos-0.0.3" / "metrics_database.parquet"
     out.parent.mkdir(parents=True)

@@ -16,6 +16,7 @@ from carlos.errors import (
     InvalidLoRAFileError,
     WeightsUnavailableError,
 )
+from carlos.files.testing import TEST_LORA_MARKER, make_test_lora, sgm_unet_name
 from carlos.models import tiny_sdxl
 from carlos.models.diffusion import (
     DiffusionBackend,
@@ -24,7 +25,6 @@ from carlos.models.diffusion import (
     list_backends,
 )
 from carlos.models.sdxl_loader import SDXL_REPO_ID
-from carlos.testing_lora import TEST_LORA_MARKER, make_test_lora, sgm_unet_name
 
 PROMPTS = ["a photo of a cat", "portrait of an old man, oil painting", "a red sports car", "a bowl of fruit"]
 SEEDS = [0, 1, 2, 3]

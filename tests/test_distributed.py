@@ -2,7 +2,7 @@
 
 A worker process dies mid-run (Ray restarts it and retries its chunk) and a driver stops
 mid-run and is started again; both must end with every pair stored once and with the
-representations of a single-process :class:`carlos.jobs.Worker` run.
+representations of a single-process :class:`carlos.characterize.jobs.Worker` run.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carlos import distributed, jobs
-from carlos.cli import main
-from carlos.cli_ray import read_manifest
-from carlos.distributed import characterize_on_ray
-from carlos.distributed_tasks import RayConfig
+from carlos.characterize import jobs
+from carlos.characterize import ray_driver as distributed
+from carlos.characterize.ray_actors import RayConfig
+from carlos.characterize.ray_driver import characterize_on_ray
+from carlos.cli.main import main
+from carlos.cli.ray import read_manifest
 from carlos.errors import InvalidInputError
-from carlos.store import Store
-from carlos.testing_lora import make_test_lora
+from carlos.files.testing import make_test_lora
+from carlos.store.store import Store
 
 TRIGGERS = {"a": None, "b": "glowing neon", "c": None}
 N_PAIRS = 4  # smoke protocol: 2 prompts x 2 seeds
@@ -74,7 +75,7 @@ def crash_once_factory(flag: str, on_call: int):
     generation, once per cluster (the flag file), so Ray must restart the actor and retry."""
 
     def factory(name: str, protocol: str):  # pickled by value: a nested function
-        from carlos import jobs as carlos_jobs
+        from carlos.characterize import jobs as carlos_jobs
 
         backend = carlos_jobs.default_backend_factory(name, protocol)
         real, calls = backend.generate, [0]

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carlos.cli import main
+from carlos.cli.main import main
 from carlos.errors import InvalidInputError
-from carlos.evaluation import (
+from carlos.evaluate.harness import (
     RetrieverRun,
     diversity,
     diversity_figure,
@@ -23,7 +23,7 @@ from carlos.evaluation import (
     relevance_frame,
     span_counts,
 )
-from carlos.relevance import ClipImageJudge, default_judge_status, relevance_top_k
+from carlos.evaluate.relevance import ClipImageJudge, default_judge_status, relevance_top_k
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def test_evaluate_command_reports_every_span_per_retriever(cli_report: dict) -> 
 
 
 def test_unavailable_parts_are_reported_not_faked(cli_report: dict) -> None:
-    from carlos.capabilities import clip_weights
+    from carlos.search.capabilities import clip_weights
 
     carlos = cli_report["retrievers"]["carlos"]
     assert carlos["available"] == clip_weights().available
@@ -140,7 +140,8 @@ def test_unavailable_parts_are_reported_not_faked(cli_report: dict) -> None:
 
 
 def test_bm25_rankings_hold_only_matching_loras(cli_report: dict, real_store) -> None:
-    from carlos.retrieval import SearchConfig, SearchService
+    from carlos.search.retrievers import SearchConfig
+    from carlos.search.service import SearchService
 
     query, ranked = next(iter(cli_report["retrievers"]["bm25"]["rankings"].items()))
     res = SearchService(real_store).search(query, SearchConfig(retriever="bm25", top_k=20))
@@ -193,9 +194,9 @@ def test_top3_protocol_normalizes_over_all_queries_and_retrievers() -> None:
 
 
 def test_clip_image_judge_on_tiny_models(tmp_path: Path) -> None:
+    from carlos.files.testing import make_test_lora
     from carlos.models.clip import load_clip
     from carlos.models.diffusion import DiffusionBackend
-    from carlos.testing_lora import make_test_lora
 
     path = make_test_lora(tmp_path / "j.safetensors", seed=3)
     backend = DiffusionBackend("tiny")

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carlos.catalog import CorpusView
 from carlos.config import Thresholds
+from carlos.core.index import INT8_MIN_ROWS, DirectionIndex, _fbgemm_available
+from carlos.core.ranking import rank, rank_direction, similar, view_cosine
+from carlos.core.view import CorpusView
 from carlos.errors import InvalidInputError
-from carlos.index import INT8_MIN_ROWS, DirectionIndex, _fbgemm_available
-from carlos.ranking import rank, rank_direction, similar, view_cosine
 
 
 def _view(n: int, d: int = 64, seed: int = 0) -> CorpusView:

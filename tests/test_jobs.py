@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carlos import jobs
+from carlos.characterize import jobs
 from carlos.errors import InvalidLoRAFileError, UnsupportedBaseModelError
-from carlos.store import Store
-from carlos.testing_lora import make_test_lora
+from carlos.files.testing import make_test_lora
+from carlos.store.store import Store
 
 
 def _sd15_lora(path: Path) -> None:
@@ -93,7 +93,7 @@ def test_bad_uploads_are_refused_and_the_store_is_unchanged(tmp_path: Path, name
 
 
 def test_oversized_upload_is_refused(tmp_path: Path) -> None:
-    from carlos.lora_file import LoRAFileLimits
+    from carlos.files.validate import LoRAFileLimits
 
     store = Store.open(tmp_path / "s.duckdb")
     path = tmp_path / "big.safetensors"

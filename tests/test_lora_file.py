@@ -1,4 +1,4 @@
-"""Tests for carlos.lora_file / carlos.lora_formats: synthetic LoRA files, good and hostile."""
+"""Tests for carlos.files.validate / carlos.files.formats: synthetic LoRA files, good and hostile."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from carlos.errors import (
     InvalidLoRAFileError,
     UnsupportedBaseModelError,
 )
-from carlos.lora_file import (
+from carlos.files.validate import (
     LoRAFileLimits,
     LoRAFileReport,
     inspect_lora,
@@ -579,5 +579,5 @@ def test_report_is_frozen(sdxl_file: Path) -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, carlos.lora_file; assert 'torch' not in sys.modules and 'safetensors' not in sys.modules"
+    code = "import sys, carlos.files.validate; assert 'torch' not in sys.modules and 'safetensors' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carlos import maps
-from carlos.catalog import load_view
 from carlos.errors import InvalidInputError
-from carlos.store import Store
+from carlos.store.catalog import load_view
+from carlos.store.store import Store
+from carlos.viz import maps
 
 SPACE = "test/32d"
 CONFIG = maps.MapConfig(n_neighbors=10, n_epochs=60, random_state=7)

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carlos import plots
 from carlos.config import Thresholds
+from carlos.core.risk import RiskPolicy, annotate
 from carlos.errors import InvalidInputError
-from carlos.risk import RiskPolicy, annotate
+from carlos.viz import figures as plots
 
 
 @pytest.fixture

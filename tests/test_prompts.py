@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from carlos import prompts as P
 from carlos.config import REPO_ROOT
+from carlos.data import prompts as P
 from carlos.errors import InvalidInputError
 
 DATA_FILE = REPO_ROOT / "data" / "prompts.json"
@@ -118,7 +118,7 @@ def test_prompt_objects_are_frozen(pset: P.PromptSet) -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, carlos.prompts; print('torch' in sys.modules or 'numpy' in sys.modules)"
+    code = "import sys, carlos.data.prompts; print('torch' in sys.modules or 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

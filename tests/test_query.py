@@ -8,10 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from carlos.errors import InvalidInputError
-from carlos.models.clip import load_clip
-from carlos.models.text_cache import build_prefix_cache, query_direction_cached
-from carlos.query import (
+from carlos.core.query import (
     MAX_QUERY_CHARS,
     QueryDirection,
     check_prompts,
@@ -19,6 +16,9 @@ from carlos.query import (
     normalize_query,
     query_direction_naive,
 )
+from carlos.errors import InvalidInputError
+from carlos.models.clip import load_clip
+from carlos.models.prefix_cache import build_prefix_cache, query_direction_cached
 
 # Stand-in prompts (the real set lives in carlos/prompts.py; these tests must not depend on it).
 PROMPTS = [
@@ -140,7 +140,7 @@ def test_naive_is_mean_of_suffix_differences(tiny):
 
 
 def test_truncation_is_reported_and_logged(tiny, caplog):
-    with caplog.at_level(logging.WARNING, logger="carlos.query"):
+    with caplog.at_level(logging.WARNING, logger="carlos.core.query"):
         qd = query_direction_naive(tiny, PROMPTS[:2], LONG_QUERY)
     assert qd.n_truncated == 2 and qd.truncated
     assert "2 of 2 prompt+query texts exceeded 77 tokens" in caplog.text

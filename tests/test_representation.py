@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from carlos.errors import InvalidInputError
-from carlos.representation import (
+from carlos.core.representation import (
     RunningSummary,
     consistency,
     consistency_naive,
@@ -18,6 +17,7 @@ from carlos.representation import (
     strength,
     summarize,
 )
+from carlos.errors import InvalidInputError
 
 
 def _naive_strength(d: np.ndarray) -> float:
@@ -110,6 +110,6 @@ def test_cosine_to() -> None:
 
 
 def test_core_does_not_import_torch() -> None:
-    code = "import sys, carlos.representation; print('torch' in sys.modules)"
+    code = "import sys, carlos.core.representation; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

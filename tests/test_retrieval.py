@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from carlos.config import Thresholds
+from carlos.core.query import query_direction_naive
+from carlos.data.prompts import get_prompt_set
 from carlos.models.clip import load_clip
-from carlos.prompts import get_prompt_set
-from carlos.query import query_direction_naive
-from carlos.retrieval import SearchConfig, SearchService
-from carlos.store import Store
+from carlos.search.retrievers import SearchConfig
+from carlos.search.service import SearchService
+from carlos.store.store import Store
 
 TINY = SearchConfig(retriever="carlos", clip_model="tiny", top_k=5)
 

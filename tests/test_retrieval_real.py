@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carlos.catalog import load_view
 from carlos.config import Thresholds
 from carlos.errors import InvalidInputError, WeightsUnavailableError
-from carlos.retrieval import SearchConfig, SearchService
-from carlos.store import Store
+from carlos.search.retrievers import SearchConfig
+from carlos.search.service import SearchService
+from carlos.store.catalog import load_view
+from carlos.store.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_empty_queries_are_refused(service: SearchService, query: str) -> None:
 def test_query_by_upload_finds_what_it_behaves_like(store_copy: Store) -> None:
     """An upload characterized in the corpus's space (here: Pixel Art XL's direction plus noise,
     standing in for a re-trained copy) is ranked against the corpus by its own direction."""
-    from carlos.ranking import by_direction, similar
+    from carlos.core.ranking import by_direction, similar
 
     view = load_view(store_copy)
     rng = np.random.default_rng(0)

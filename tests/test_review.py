@@ -7,11 +7,11 @@ import io
 import pandas as pd
 import pytest
 
-from carlos import review
-from carlos.catalog import load_view
 from carlos.config import Thresholds
 from carlos.errors import InvalidInputError, PermissionDeniedError
-from carlos.store import Store
+from carlos.review import workflow as review
+from carlos.store.catalog import load_view
+from carlos.store.store import Store
 
 PIXEL = "civitai:130580"
 

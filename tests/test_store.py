@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from carlos.errors import InvalidInputError, NotFoundError, StoreBusyError
-from carlos.store import Store
-from carlos.store_schema import SCHEMA_VERSION
+from carlos.store.schema import SCHEMA_VERSION
+from carlos.store.store import Store
 
 
 def test_open_creates_and_migrates_once(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_transaction_is_all_or_nothing(empty_store: Store) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys, numpy as np
-    from carlos.store import Store
+    from carlos.store.store import Store
     path, role, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     store = Store.open(path)
     for i in range(n):

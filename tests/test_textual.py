@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from carlos.errors import InvalidInputError, WeightsUnavailableError
-from carlos.textual import (
+from carlos.models.textual import (
     DEFAULT_TEXT_MODEL,
     NAME_REPEAT,
     BM25Config,
@@ -326,7 +326,7 @@ def test_missing_model_errors_say_how_to_fix(tmp_path: Path, monkeypatch: pytest
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, carlos.textual; print('sentence_transformers' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, carlos.models.textual; print('sentence_transformers' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

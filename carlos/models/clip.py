@@ -297,7 +297,7 @@ class ClipEmbedder:
     """Text and image features of one CLIP model, as unnormalized float32 numpy arrays."""
 
     def __init__(self, model: Any, tokenizer: Any, preprocess: Any, *, spec: ClipSpec, device: str, weights_source: str) -> None:
-        self._model = model  # open_clip CLIP, eval mode; used by carlos.models.text_cache
+        self._model = model  # open_clip CLIP, eval mode; used by carlos.models.prefix_cache
         self._tokenizer = tokenizer
         self._preprocess = preprocess
         self.spec = spec

@@ -6,7 +6,7 @@ the one place that knows about the real weights: an explicit ``weights=`` path, 
 ``allow_download``), a diffusers folder or a single-file ``.safetensors`` checkpoint
 (with configs from ``sdxl_config``, the cache or our own), and error messages that say
 exactly how to get the weights when they are absent. The cheap "are they here?" check
-the dashboard shows is :func:`carlos.capabilities.sdxl_weights`.
+the dashboard shows is :func:`carlos.search.capabilities.sdxl_weights`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,234 @@
+"""Characterization jobs: submit an upload, run the queue, report progress.
+
+``submit`` validates the untrusted file, copies it under its sha256 (never the
+uploader's name), registers the LoRA and enqueues a job. ``Worker`` takes jobs
+one at a time (``python -m carlos worker``); a job whose worker stopped sending
+heartbeats is taken over and resumes from its stored pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from carlos.characterize.engine import CLIP_FOR_BACKEND, Characterizer, Progress, get_protocol, protocol_pairs
+from carlos.errors import CarlosError, InvalidInputError
+from carlos.files.validate import LoRAFileLimits, LoRAFileReport, inspect_lora, safe_filename
+from carlos.store.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Cross-attention width of the tiny test pipeline; accepted only for the tiny backend.
+TINY_CONTEXT_DIM = 96
+
+
+def limits_for(backend: str, base: LoRAFileLimits | None = None) -> LoRAFileLimits:
+    """File limits for a backend: the tiny demo pipeline also accepts its own tiny LoRAs."""
+    base = base or LoRAFileLimits()
+    if backend == "tiny":
+        from dataclasses import replace
+
+        return replace(base, sdxl_context_dims=(*base.sdxl_context_dims, TINY_CONTEXT_DIM))
+    return base
+
+
+def check_backend(backend: str) -> str:
+    if backend not in CLIP_FOR_BACKEND:
+        raise InvalidInputError(f"unknown backend {backend!r}; choose one of: {', '.join(CLIP_FOR_BACKEND)}")
+    return backend
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: int
+    lora_id: str
+    report: LoRAFileReport
+    duplicate_of_job: int | None  # an identical job already existed: nothing new was queued
+    already_known: bool  # the same file (sha256) was uploaded before
+
+
+def validate_upload(path: Path, original_name: str | None, backend: str, limits: LoRAFileLimits | None = None) -> LoRAFileReport:
+    """Validation report of an upload (raises on unsafe or unsupported files)."""
+    from carlos.files.validate import validate_lora
+
+    return validate_lora(path, limits_for(check_backend(backend), limits), original_name=original_name)
+
+
+def submit(
+    store: Store,
+    path: str | Path,
+    *,
+    backend: str = "tiny",
+    protocol: str = "smoke",
+    trigger: str | None = None,
+    original_name: str | None = None,
+    requested_by: str | None = None,
+    uploads_dir: Path | None = None,
+    limits: LoRAFileLimits | None = None,
+    name: str | None = None,
+) -> Submission:
+    """Validate, store a sanitised copy, register the LoRA and enqueue its job.
+
+    ``name`` (e.g. from a manifest) is the display name of a LoRA registered for the first
+    time; by default the file's metadata title or its file name.
+    """
+    path = Path(path)
+    proto = get_protocol(protocol)
+    report = validate_upload(path, original_name or path.name, backend, limits)
+    if trigger is not None:
+        trigger = " ".join(trigger.split())[:200] or None
+    uploads_dir = uploads_dir or store.path.parent / "cache" / "uploads"
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    stored = uploads_dir / f"{report.sha256}.safetensors"
+    if not stored.exists():
+        tmp = stored.with_suffix(".part")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, stored)  # atomic: a half-copied file is never used
+    lora_id = f"sha256:{report.sha256}"
+    known = store.find_by_sha256(report.sha256) is not None
+    name = (
+        name
+        or report.metadata.get("ss_output_name")
+        or report.metadata.get("modelspec.title")
+        or Path(safe_filename(original_name or path.name)).stem
+    )
+    store.upsert_loras(
+        [
+            {
+                "lora_id": lora_id,
+                "source": "upload",
+                "name": str(name)[:200],
+                "sha256": report.sha256,
+                "file_path": str(stored),
+                "file_report": report.to_dict(),
+                "trigger_words": list(report.trigger_words or []),
+                "folder_name": safe_filename(original_name or path.name),
+            }
+        ]
+    )
+    for job_id, options in store.live_jobs_of(lora_id, backend, protocol):
+        if json.loads(options or "{}").get("trigger") == trigger:
+            return Submission(int(job_id), lora_id, report, int(job_id), known)
+    pairs, _ = protocol_pairs(proto)
+    job_id = store.enqueue_job(
+        lora_id, str(stored), backend, protocol, len(pairs), {"trigger": trigger, "sha256": report.sha256}, requested_by
+    )
+    return Submission(job_id, lora_id, report, None, known)
+
+
+def inspect_upload(path: Path, original_name: str | None, backend: str) -> LoRAFileReport:
+    """Non-raising report for the dashboard's validation panel."""
+    return inspect_lora(path, limits_for(check_backend(backend)), original_name=original_name)
+
+
+BackendFactory = Callable[[str, str], Any]  # (backend name, protocol) -> DiffusionBackend
+ClipFactory = Callable[[str], Any]  # (clip registry name) -> ClipEmbedder
+
+
+def default_backend_factory(name: str, protocol: str) -> Any:
+    from carlos.models.diffusion import DiffusionBackend, DiffusionSettings, get_backend_spec
+
+    proto = get_protocol(protocol)
+    spec = get_backend_spec(name)
+    if name == "tiny":
+        import torch
+
+        # the tiny pipeline's ops are too small to gain from threads; on a busy 2-core
+        # machine extra threads made it 10-40x slower (measured)
+        torch.set_num_threads(1)
+    settings = spec.default_settings
+    if name != "tiny" and proto.steps is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, steps=proto.steps, height=proto.size, width=proto.size)
+    assert isinstance(settings, DiffusionSettings)
+    return DiffusionBackend(name, settings=settings)
+
+
+def default_clip_factory(name: str) -> Any:
+    from carlos.models.clip import load_clip
+
+    return load_clip(name)
+
+
+class Worker:
+    """Processes queued jobs; keeps one Characterizer per (backend, protocol settings)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        backend_factory: BackendFactory = default_backend_factory,
+        clip_factory: ClipFactory = default_clip_factory,
+        worker_id: str | None = None,
+        stale_after_s: float = 120.0,
+        chunk_pairs: int = 8,
+    ) -> None:
+        self.store = store
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.stale_after_s = stale_after_s
+        self.chunk_pairs = chunk_pairs
+        self._backend_factory = backend_factory
+        self._clip_factory = clip_factory
+        self._characterizers: dict[tuple[str, str], Characterizer] = {}
+        self._clips: dict[str, Any] = {}
+
+    def characterizer(self, backend: str, protocol: str) -> Characterizer:
+        settings_key = protocol if backend != "tiny" else "-"
+        key = (backend, settings_key)
+        if key not in self._characterizers:
+            clip_name = CLIP_FOR_BACKEND[check_backend(backend)]
+            if clip_name not in self._clips:
+                self._clips[clip_name] = self._clip_factory(clip_name)
+            self._characterizers[key] = Characterizer(
+                self.store,
+                self._backend_factory(backend, protocol),
+                self._clips[clip_name],
+                chunk_pairs=self.chunk_pairs,
+            )
+        return self._characterizers[key]
+
+    def run_one(self, progress: Progress | None = None, job_id: int | None = None) -> int | None:
+        """Take and run one job (the next, or ``job_id``); returns its id, or None if none."""
+        job = self.store.claim_next_job(self.worker_id, self.stale_after_s, job_id)
+        if job is None:
+            return None
+        job_id = int(job["job_id"])
+        log.info("worker %s: job %d (%s, %s, %s)", self.worker_id, job_id, job["lora_id"], job["backend"], job["protocol"])
+
+        def still_wanted() -> bool:
+            return self.store.heartbeat(job_id, self.worker_id) == "running"
+
+        try:
+            rep = self.characterizer(job["backend"], job["protocol"]).run_job(job, progress=progress, should_continue=still_wanted)
+        except CarlosError as e:
+            self.store.set_job_status(job_id, "failed", str(e))
+            log.error("job %d failed: %s", job_id, e)
+        except Exception as e:  # a worker must survive a bad job and say why it failed
+            self.store.set_job_status(job_id, "failed", f"{type(e).__name__}: {e}")
+            log.exception("job %d failed", job_id)
+        else:
+            if rep is None:
+                log.info("job %d cancelled", job_id)
+        return job_id
+
+    def run(self, *, once: bool = False, poll_s: float = 2.0, max_jobs: int | None = None, progress: Progress | None = None) -> int:
+        """Loop over the queue; ``once``: stop when it is empty. Returns jobs processed."""
+        n = 0
+        while max_jobs is None or n < max_jobs:
+            job_id = self.run_one(progress)
+            if job_id is None:
+                if once:
+                    break
+                time.sleep(poll_s)
+                continue
+            n += 1
+        return n

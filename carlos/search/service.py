@@ -1,0 +1,307 @@
+"""One entry point for every retriever, shared by the CLI and the pages.
+
+* ``carlos``: the paper's method. The query becomes a CLIP text direction
+  (mean over the query prompts of t(p' + " " + q) - t(p')) matched by cosine to
+  LoRA directions; needs the CLIP text encoder of the corpus's space.
+* ``bm25`` and ``text-embedding``: textual baselines over name + description.
+* ``behaviour``: text-seeded behaviour search. Without CLIP, the LoRAs that the
+  textual retrievers rank highest become seeds; their directions, weighted by
+  text score and trimmed of outliers, form a query direction that ranks the
+  whole corpus by what the LoRAs *do*.
+
+Every retriever ends in :func:`carlos.core.ranking.rank`, so filters, exclusion
+reasons and the result type are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from carlos.config import CORPUS_EMBEDDER
+from carlos.core.ranking import SearchResult, rank, rank_direction
+from carlos.core.view import CorpusView
+from carlos.errors import WeightsUnavailableError
+from carlos.search.retrievers import LABELS, RetrieverStatus, SearchConfig
+from carlos.store.catalog import load_view
+from carlos.store.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+class SearchService:
+    """Holds the models and in-process caches; thread-safe for the dashboard.
+
+    ``clip_loader(name, checkpoint)`` and ``text_embedder_factory(model)`` are
+    injectable so tests run the very same code on tiny local models.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clip_loader: Callable[[str, str | None], Any] | None = None,
+        text_embedder_factory: Callable[[str | None], Any] | None = None,
+        memory_cache_size: int = 256,
+    ) -> None:
+        self.store = store
+        self._clip_loader = clip_loader or _default_clip_loader
+        self._text_factory = text_embedder_factory or _default_text_embedder
+        self._lock = threading.RLock()
+        self._clips: dict[tuple[str, str | None], Any] = {}
+        self._prefix: dict[tuple[str, str], Any] = {}
+        self._texts: dict[str | None, Any] = {}
+        self._bm25: dict[int, Any] = {}
+        self._text_matrices: dict[tuple[int, str, str | None], tuple[np.ndarray, str]] = {}
+        self._memo: OrderedDict[str, Any] = OrderedDict()
+        self._memo_size = memory_cache_size
+        self.stats = {"query_cache_hits": 0, "query_cache_misses": 0}
+
+    # -- availability ------------------------------------------------------------------------
+    def status(self, config: SearchConfig | None = None) -> list[RetrieverStatus]:
+        """Which retrievers work right now with ``config``'s models, and why not."""
+        from carlos.search import capabilities
+
+        config = config or SearchConfig()
+        clip = capabilities.clip_weights(config.clip_model, config.clip_checkpoint)
+        text = capabilities.text_model(config.text_model)
+        ok = {"carlos": clip, "behaviour": None, "bm25": None, "text-embedding": text}
+        return [
+            RetrieverStatus(name, LABELS[name], cap is None or cap.available, "always available" if cap is None else cap.detail)
+            for name, cap in ok.items()
+        ]
+
+    # -- entry point ---------------------------------------------------------------------------
+    def search(self, query: str, config: SearchConfig | None = None) -> SearchResult:
+        """Rank the corpus for ``query`` with ``config.retriever``."""
+        from carlos.core.query import normalize_query
+
+        config = config or SearchConfig()
+        q = normalize_query(query)
+        if config.retriever == "carlos":
+            return self._search_carlos(q, config)
+        view = load_view(self.store, CORPUS_EMBEDDER)
+        if config.retriever == "bm25":
+            scores = self.bm25_scores(view, q)
+            return rank(view, scores, retriever="bm25", query=q, thresholds=config.thresholds, top_k=config.top_k)
+        if config.retriever == "text-embedding":
+            scores, model_id = self.text_scores(view, q, config.text_model)
+            return rank(
+                view,
+                scores,
+                retriever="text-embedding",
+                query=q,
+                thresholds=config.thresholds,
+                top_k=config.top_k,
+                info={"text_model": model_id},
+            )
+        return self._search_behaviour(view, q, config)
+
+    # -- CARLoS --------------------------------------------------------------------------------
+    def clip(self, config: SearchConfig) -> Any:
+        key = (config.clip_model, config.clip_checkpoint)
+        with self._lock:
+            if key not in self._clips:
+                self._clips[key] = self._clip_loader(*key)
+            return self._clips[key]
+
+    def query_direction(self, query: str, config: SearchConfig | None = None) -> Any:
+        """The query's CLIP direction, from memory, the store's cache, or computed (KV cache)."""
+        from carlos.core.query import QueryDirection, normalize_query
+        from carlos.data.prompts import get_prompt_set
+
+        config = config or SearchConfig()
+        q = normalize_query(query)
+        clip = self.clip(config)
+        pset = get_prompt_set(config.prompt_set)
+        prompts = [p.text for p in pset.query_prompts]
+        key = _key("query-direction", clip.embedder_id, pset.content_hash, q)
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                self.stats["query_cache_hits"] += 1
+                return self._memo[key]
+        cached = self.store.get_cached_vector("query-direction", key)
+        if cached is not None and cached[1].get("query") == q:
+            vec, info = cached
+            qd = QueryDirection(
+                query=q,
+                direction=vec,
+                n_prompts=info["n_prompts"],
+                n_truncated=info["n_truncated"],
+                query_tokens=info["query_tokens"],
+                embedder_id=clip.embedder_id,
+                prompts_hash=pset.content_hash,
+                method=info["method"],
+                n_reencoded=info.get("n_reencoded", 0),
+            )
+            self.stats["query_cache_hits"] += 1
+        else:
+            from carlos.models.prefix_cache import build_prefix_cache, query_direction_cached
+
+            pkey = (clip.embedder_id, pset.content_hash)
+            with self._lock:
+                if pkey not in self._prefix:
+                    self._prefix[pkey] = build_prefix_cache(clip, prompts, prompts_hash=pset.content_hash)
+                cache = self._prefix[pkey]
+            qd = query_direction_cached(cache, q)
+            info = {
+                "query": q,
+                "n_prompts": qd.n_prompts,
+                "n_truncated": qd.n_truncated,
+                "query_tokens": qd.query_tokens,
+                "method": qd.method,
+                "n_reencoded": qd.n_reencoded,
+                "prompt_set": pset.id,
+            }
+            self.store.put_cached_vector("query-direction", key, qd.direction, info)
+            self.stats["query_cache_misses"] += 1
+        with self._lock:
+            self._memo[key] = qd
+            while len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        return qd
+
+    def _search_carlos(self, q: str, config: SearchConfig) -> SearchResult:
+        clip = self.clip(config)
+        view = load_view(self.store, clip.embedder_id)
+        qd = self.query_direction(q, config)
+        notes = []
+        if qd.n_truncated:
+            notes.append(
+                f"query truncated: {qd.n_truncated} of {qd.n_prompts} prompt+query texts exceeded "
+                f"CLIP's {clip.context_length}-token window; the end of the query was cut there"
+            )
+        if clip.embedder_id != CORPUS_EMBEDDER:
+            notes.append(f"space {clip.embedder_id}: a test/demo CLIP, scores are not meaningful")
+        return rank_direction(
+            view,
+            qd.direction,
+            retriever="carlos",
+            query=q,
+            thresholds=config.thresholds,
+            top_k=config.top_k,
+            notes=notes,
+            info={"embedder": clip.embedder_id, "n_prompts": qd.n_prompts, "n_truncated": qd.n_truncated, "query_tokens": qd.query_tokens},
+        )
+
+    # -- textual -------------------------------------------------------------------------------
+    def _documents(self, view: CorpusView) -> list[str]:
+        from carlos.models.textual import document_text
+
+        docs = self.store.text_documents().set_index("lora_id")
+        docs = docs.reindex(view.ids)
+        return [
+            document_text(n if isinstance(n, str) and n.strip() else f, d)
+            for n, d, f in zip(docs["name"], docs["description"], docs["folder_name"])
+        ]
+
+    def bm25_scores(self, view: CorpusView, q: str) -> np.ndarray:
+        from carlos.models.textual import BM25Index
+
+        with self._lock:
+            index = self._bm25.get(view.data_version)
+            if index is None:
+                index = BM25Index.build(self._documents(view))
+                self._bm25 = {view.data_version: index}
+        return index.scores(q)
+
+    def text_embedder(self, model: str | None) -> Any:
+        with self._lock:
+            if model not in self._texts:
+                self._texts[model] = self._text_factory(model)
+            return self._texts[model]
+
+    def text_matrix(self, view: CorpusView, model: str | None) -> tuple[np.ndarray, str]:
+        """Embeddings of every LoRA's text, computed once and stored (and kept in memory
+        for the current corpus version)."""
+        key = (view.data_version, view.embedder, model)
+        with self._lock:
+            if key in self._text_matrices:
+                return self._text_matrices[key]
+        result = self._text_matrix(view, model)
+        with self._lock:
+            self._text_matrices = {key: result}
+        return result
+
+    def _text_matrix(self, view: CorpusView, model: str | None) -> tuple[np.ndarray, str]:
+        emb = self.text_embedder(model)
+        docs = self._documents(view)
+        hashes = [hashlib.sha256(d.encode("utf-8")).hexdigest()[:16] for d in docs]
+        stored = self.store.get_text_matrix(emb.model_id)
+        if stored is not None:
+            ids, old_hashes, matrix = stored
+            if ids == sorted(view.ids):
+                pos = {lid: i for i, lid in enumerate(ids)}
+                order = [pos[lid] for lid in view.ids]
+                if [old_hashes[i] for i in order] == hashes:
+                    return matrix[order], emb.model_id
+        log.info("embedding %d LoRA descriptions with %s (once; stored)", len(docs), emb.model_id)
+        matrix = emb.embed(docs)
+        order = np.argsort(view.ids)
+        self.store.put_text_matrix(emb.model_id, [view.ids[i] for i in order], [hashes[i] for i in order], matrix[order])
+        return matrix, emb.model_id
+
+    def text_scores(self, view: CorpusView, q: str, model: str | None) -> tuple[np.ndarray, str]:
+        matrix, model_id = self.text_matrix(view, model)
+        qv = self.text_embedder(model).embed([q])[0]
+        return matrix @ qv, model_id
+
+    # -- behaviour (text-seeded) ---------------------------------------------------------------
+    def _search_behaviour(self, view: CorpusView, q: str, config: SearchConfig) -> SearchResult:
+        from carlos.core.behaviour import seed_direction, textual_seed_scores
+
+        sources: dict[str, np.ndarray] = {"bm25": self.bm25_scores(view, q)}
+        notes = []
+        try:
+            sources["text-embedding"] = self.text_scores(view, q, config.text_model)[0]
+        except WeightsUnavailableError as e:
+            notes.append(f"text-embedding seeds unavailable ({str(e).splitlines()[0]}); BM25 only")
+        fused = textual_seed_scores(sources)
+        seeds = seed_direction(view, fused, config.thresholds, n_seeds=config.seeds, min_cos=config.seed_min_cos)
+        notes.insert(
+            0,
+            "text-seeded behaviour search: the query direction is formed from the "
+            f"directions of {len(seeds.used)} LoRAs whose names/descriptions match "
+            f"({len(seeds.trimmed)} outliers trimmed), then the corpus is ranked by what "
+            "LoRAs do",
+        )
+        if seeds.direction is None:
+            return replace(
+                rank(view, np.full(len(view), np.nan), retriever="behaviour", query=q, thresholds=config.thresholds, top_k=config.top_k),
+                notes=[f"no LoRA name or description matches {q!r}, so there is no seed to form a behaviour direction from"],
+            )
+        return rank_direction(
+            view,
+            seeds.direction,
+            retriever="behaviour",
+            query=q,
+            thresholds=config.thresholds,
+            top_k=config.top_k,
+            notes=notes,
+            info={"seeds": seeds.used, "trimmed": seeds.trimmed, "seed_weights": seeds.weights},
+        )
+
+
+def _default_clip_loader(name: str, checkpoint: str | None) -> Any:
+    from carlos.models.clip import load_clip
+
+    return load_clip(name, checkpoint=checkpoint)
+
+
+def _default_text_embedder(model: str | None) -> Any:
+    from carlos.models.textual import TextEmbedder
+
+    return TextEmbedder(model)

@@ -1,0 +1,108 @@
+"""SQL for review decisions (append-only audit log), claims and threshold settings.
+
+Mixed into :class:`carlos.store.store.Store`; kept apart so each file stays readable.
+There is deliberately no method that updates or deletes a decision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+
+class ReviewSQL:
+    """Review-related statements; ``self.session()`` / ``transaction()`` come from Store."""
+
+    def append_decision(
+        self,
+        lora_id: str,
+        reviewer: str,
+        action: str,
+        status_before: str,
+        status_after: str,
+        note: str | None,
+    ) -> int:
+        with self.session() as con:  # type: ignore[attr-defined]
+            row = con.execute(
+                "INSERT INTO decisions (lora_id, reviewer, action, status_before, status_after, note) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING decision_id",
+                [lora_id, reviewer, action, status_before, status_after, note],
+            ).fetchone()
+        return int(row[0])
+
+    def decisions(self, lora_id: str | None = None, reviewer: str | None = None, limit: int | None = None) -> pd.DataFrame:
+        """Audit log, newest first, optionally filtered."""
+        sql = "SELECT d.*, l.name FROM decisions d LEFT JOIN loras l USING (lora_id) WHERE 1=1"
+        params: list[Any] = []
+        if lora_id is not None:
+            sql += " AND d.lora_id = ?"
+            params.append(lora_id)
+        if reviewer is not None:
+            sql += " AND d.reviewer = ?"
+            params.append(reviewer)
+        sql += " ORDER BY d.created_at DESC, d.decision_id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self.session() as con:  # type: ignore[attr-defined]
+            return con.execute(sql, params).df()
+
+    def current_statuses(self) -> pd.DataFrame:
+        """lora_id, status (after its latest decision), reviewer, at, claimed_by."""
+        with self.session() as con:  # type: ignore[attr-defined]
+            return con.execute(
+                """
+                SELECT coalesce(d.lora_id, c.lora_id) AS lora_id, d.status_after AS status,
+                       d.reviewer, d.created_at AS decided_at, d.note,
+                       c.reviewer AS claimed_by, c.claimed_at
+                FROM (SELECT *, row_number() OVER (PARTITION BY lora_id
+                        ORDER BY created_at DESC, decision_id DESC) AS k FROM decisions) d
+                FULL OUTER JOIN claims c ON c.lora_id = d.lora_id
+                WHERE d.k = 1 OR d.k IS NULL
+                """
+            ).df()
+
+    def status_of(self, lora_id: str) -> str | None:
+        with self.session() as con:  # type: ignore[attr-defined]
+            row = con.execute(
+                "SELECT status_after FROM decisions WHERE lora_id = ? ORDER BY created_at DESC, decision_id DESC LIMIT 1",
+                [lora_id],
+            ).fetchone()
+        return row[0] if row else None
+
+    def claim(self, lora_id: str, reviewer: str) -> str:
+        """Claim an item; returns the reviewer holding it (someone else if already claimed)."""
+        with self.session() as con:  # type: ignore[attr-defined]
+            con.execute(
+                "INSERT INTO claims (lora_id, reviewer) VALUES (?, ?) ON CONFLICT (lora_id) DO NOTHING",
+                [lora_id, reviewer],
+            )
+            return con.execute("SELECT reviewer FROM claims WHERE lora_id = ?", [lora_id]).fetchone()[0]
+
+    def release_claim(self, lora_id: str, reviewer: str | None = None) -> None:
+        with self.session() as con:  # type: ignore[attr-defined]
+            if reviewer is None:
+                con.execute("DELETE FROM claims WHERE lora_id = ?", [lora_id])
+            else:
+                con.execute("DELETE FROM claims WHERE lora_id = ? AND reviewer = ?", [lora_id, reviewer])
+
+    def claim_holder(self, lora_id: str) -> str | None:
+        with self.session() as con:  # type: ignore[attr-defined]
+            row = con.execute("SELECT reviewer FROM claims WHERE lora_id = ?", [lora_id]).fetchone()
+        return row[0] if row else None
+
+    def record_thresholds(self, strength_max: float | None, consistency_min: float | None, reviewer: str, note: str | None) -> int:
+        with self.session() as con:  # type: ignore[attr-defined]
+            row = con.execute(
+                "INSERT INTO threshold_settings (strength_max, consistency_min, reviewer, note) VALUES (?, ?, ?, ?) RETURNING setting_id",
+                [strength_max, consistency_min, reviewer, note],
+            ).fetchone()
+        return int(row[0])
+
+    def threshold_history(self, limit: int = 50) -> pd.DataFrame:
+        with self.session() as con:  # type: ignore[attr-defined]
+            return con.execute(
+                "SELECT * FROM threshold_settings ORDER BY created_at DESC, setting_id DESC LIMIT ?",
+                [limit],
+            ).df()
