@@ -18,7 +18,7 @@ run: store
 	$(PY) -m streamlit run streamlit_app.py --server.headless true \
 	  --server.port $(PORT) --server.address $(HOST) --browser.gatherUsageStats false
 
-test: store browser
+test: store browser lint
 	$(PY) -m pytest -q tests
 
 setup: $(STAMP)
@@ -39,8 +39,11 @@ browser:
 worker: store
 	$(PY) -m carlos --db $(STORE) worker
 
+# Every Python file: ruff lint, ruff format (it owns the layout) and the import contracts (.importlinter).
 lint: setup
-	$(PY) -m ruff check carlos tests pages streamlit_app.py
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo
 
 clean-store:
 	rm -f $(STORE) $(STORE).wal $(STORE).lock $(STORE).version

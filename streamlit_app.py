@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import PAGES
+from app.navigation import PAGES
 
 st.set_page_config(page_title="CARLoS: LoRAs by what they do", page_icon="🔎", layout="wide")
 pages = [

@@ -19,6 +19,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Embedder id of the space the released corpus lives in.
 CORPUS_EMBEDDER = "ViT-B-32/openai"
+#: The same CLIP architecture with random weights: times like the real one, means nothing.
+RANDOM_CLIP = "ViT-B-32/random"
+#: Diffusion backend and protocol of a characterization nobody configured: the local demo
+#: pipeline (random weights, no download) and 4 pairs. Real runs name ``sdxl`` and ``paper``.
+DEFAULT_BACKEND = "tiny"
+DEFAULT_PROTOCOL = "smoke"
+#: The prompt set characterizations and query directions use unless one is named.
+DEFAULT_PROMPT_SET = "carlos-prompts-v1"
 
 #: The paper's filters: drop a LoRA stronger than this (substantiality) ...
 PAPER_STRENGTH_MAX = 9.8
@@ -43,7 +51,14 @@ class Thresholds:
                 raise InvalidInputError(f"{name} must be finite, got {value!r}")
 
     def keeps(self, strength: Any, consistency: Any) -> Any:
-        """Vectorized: which of these (Strength, Consistency) pairs pass (NaN never does)."""
+        """Vectorized: which of these (Strength, Consistency) pairs pass the enabled filters.
+
+        The one definition of "passes" (the index, ranking, behaviour seeds, the risk classes
+        of :func:`carlos.core.risk.annotate` and the benchmark's shares all call it). A NaN
+        value fails every enabled filter it meets: a LoRA whose Strength or Consistency is
+        unknown is never counted as retained. A disabled filter (``None``) checks nothing,
+        NaN included.
+        """
         import numpy as np
 
         keep = np.ones(np.shape(strength), dtype=bool)

@@ -8,17 +8,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_support import (
-    capabilities,
-    detail_url,
-    ensure_background_worker,
-    explained,
-    get_store,
-    page_setup,
-    write_note,
-)
-from carlos.characterize import jobs
+from app.access import write_note
+from app.navigation import page_setup
+from app.resources import capabilities, get_store
+from app.widgets import detail_url, explained
+from app.worker import ensure_background_worker
+from carlos.characterize import jobs, results
 from carlos.characterize.engine import PROTOCOLS
+from carlos.search import lookup
 from carlos.search.capabilities import sdxl_weights
 
 user = page_setup()
@@ -77,7 +74,7 @@ if upload is not None:
             st.warning(f"Declared metadata contradicts the tensors: {c}")
         for w in report.warnings:
             st.caption(f"⚠️ {w}")
-        known = store.find_by_sha256(report.sha256) if report.sha256 else None
+        known = lookup.by_sha256(store, report.sha256) if report.sha256 else None
         if known:
             st.info(f"This exact file was uploaded before: [{known}]({detail_url(known)}).")
         with st.expander("Declared metadata"):
@@ -104,17 +101,17 @@ def progress_panel() -> None:
     job_id = st.session_state.get("char_job")
     if job_id is None:
         return
-    job = store.get_job(job_id)
+    job = results.job(store, job_id)
     st.subheader(f"Job #{job_id}: {job['status']}")
     st.progress(job["done"] / max(job["total"], 1), text=f"{job['done']} of {job['total']} pairs")
     if job["status"] in ("queued", "running"):
         ensure_background_worker()
         if st.button("Cancel job"):
-            store.cancel_job(job_id)
+            jobs.cancel(store, job_id)
     elif job["status"] == "failed":
         st.error(f"Failed: {job['error']}")
     elif job["status"] == "finished":
-        rep = next((r for r in store.representations_of(job["lora_id"]) if r.provenance.get("job_id") == job_id), None)
+        rep = results.representation_of_job(store, job)
         if rep is not None:
             c = st.columns(3)
             c[0].metric("Strength", f"{rep.strength:.3f}")
@@ -133,7 +130,7 @@ def progress_panel() -> None:
 
 
 progress_panel()
-recent = store.jobs(limit=20)
+recent = results.recent_jobs(store, limit=20)
 if len(recent):
     st.subheader("Recent jobs")
     st.dataframe(

@@ -6,27 +6,19 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_support import (
-    civitai_url,
-    corpus_frame,
-    decision_panel,
-    detail_url,
-    get_store,
-    hidden_toggle,
-    image_pairs,
-    keep,
-    page_setup,
-    representations_table,
-    require_corpus,
-    threshold_sidebar,
-    url_default,
-)
+from app.navigation import page_setup
+from app.resources import corpus_frame, get_store, require_corpus
+from app.state import keep, url_default
+from app.thresholds import threshold_sidebar
+from app.widgets import civitai_url, decision_panel, detail_url, hidden_toggle, image_pairs, representations_table
+from carlos.characterize import results
 from carlos.core import ranking
 from carlos.review import workflow as review
+from carlos.search import lookup
 from carlos.viz import figures as plots
 
 try:
-    from carlos.models.textual import clean_text
+    from carlos.core.text import clean_text
 except ImportError:  # textual baselines not installed: the raw text is shown as plain text
     clean_text = None
 
@@ -36,7 +28,7 @@ thresholds = threshold_sidebar(view)
 frame = corpus_frame(view, thresholds).set_index("lora_id", drop=False)
 names = dict(zip(frame["lora_id"], frame["name"]))
 
-url_default("detail_lora", None, param="lora", parse=store.resolve_lora_id)
+url_default("detail_lora", None, param="lora", parse=lambda key: lookup.resolve(store, key))
 if st.session_state["detail_lora"] not in names and st.session_state["detail_lora"] is not None:
     names[st.session_state["detail_lora"]] = st.session_state["detail_lora"]  # no representation yet
 lid = st.selectbox(
@@ -52,7 +44,7 @@ if lid is None:
     st.info("Choose a LoRA above, or open one from the Risk, Map or Review pages.")
     st.stop()
 
-lora = store.get_lora(lid)
+lora = lookup.lora(store, lid)
 row = frame.loc[lid] if lid in frame.index else None
 st.title(lora.get("name") or lid)
 url = civitai_url(lora.get("model_id"), lora.get("version_id"))
@@ -96,11 +88,11 @@ for f in flags:
     st.warning(f"Flag: {f}")
 
 # --- local characterization: per-category Strength and image pairs (empty for corpus LoRAs) ---
-pairs = store.pair_results_for_lora(lid)
+pairs = results.pair_results(store, lid)
 if not pairs.empty:
     st.subheader("Per-category Strength")
     st.plotly_chart(plots.category_strength_bar(pairs), key="cat_bar")
-    thumbs = store.thumbnails_for_lora(lid)
+    thumbs = results.thumbnails(store, lid)
     if not thumbs.empty:
         st.subheader("Base / LoRA image pairs")
         image_pairs(thumbs, reveal=st.toggle("Reveal images (blurred until revealed)", key="detail_reveal"))
@@ -131,7 +123,7 @@ if row is not None:
 
 st.subheader("Review")
 decision_panel(store, lid, user)
-history = store.decisions(lid)
+history = review.history(store, lid)
 if history.empty:
     st.caption("No decisions on this LoRA yet.")
 else:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import explained, get_store, page_setup, require_corpus, search_service, threshold_sidebar
+from app.navigation import page_setup
+from app.resources import get_store, require_corpus, search_service
+from app.thresholds import threshold_sidebar
+from app.widgets import explained
 from carlos.evaluate.harness import (
     METRIC_LABELS,
     METRICS,

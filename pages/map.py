@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import (
-    DETAIL_PAGE,
-    choice,
-    colour_choices,
-    corpus_frame,
-    explained,
-    get_store,
-    ids_param,
-    keep,
-    last_search,
-    page_setup,
-    parse_ids,
-    require_corpus,
-    threshold_sidebar,
-    url_default,
-)
+from app.navigation import DETAIL_PAGE, page_setup
+from app.resources import corpus_frame, get_store, require_corpus
+from app.state import choice, colour_choices, ids_param, keep, last_search, parse_ids, url_default
+from app.thresholds import threshold_sidebar
+from app.widgets import explained
 from carlos.viz import figures as plots
 from carlos.viz import maps
 

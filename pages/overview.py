@@ -6,16 +6,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_support import (
-    capabilities,
-    corpus_frame,
-    fmt_threshold,
-    get_store,
-    lora_table,
-    page_setup,
-    require_corpus,
-)
+from app.navigation import page_setup
+from app.resources import capabilities, corpus_frame, get_store, require_corpus
+from app.thresholds import fmt_threshold
+from app.widgets import lora_table
 from carlos.core.risk import RISK_CLASSES, RiskPolicy, corpus_stats
+from carlos.data.corpus import import_history
 from carlos.review import workflow as review
 
 page_setup()
@@ -34,7 +30,7 @@ c[0].metric("LoRAs", stats.loras)
 c[1].metric(f"Too strong (Str > {fmt_threshold(stats.strength_max)})", stats.over_strength)
 c[2].metric(f"Too unstable (Cons < {fmt_threshold(stats.consistency_min)})", stats.under_consistency)
 c[3].metric("Retained for retrieval", stats.retained)
-for imp in store.imports():
+for imp in import_history(store):
     st.caption(
         f"Source: {imp['source']} (sha256 {imp['file_sha256'][:12]}…, {imp['rows']} rows, "
         f"imported {imp['imported_at']:%Y-%m-%d %H:%M}); space {view.embedder}; "
@@ -55,7 +51,7 @@ with left:
     )
 with right:
     st.subheader("Thresholds and risk classes")
-    hist = store.threshold_history(limit=1)
+    hist = review.threshold_history(store, limit=1)
     who = (
         "the paper's defaults (no reviewer has saved any)"
         if hist.empty
@@ -68,7 +64,7 @@ with right:
     st.caption("Review = retained, and in the upper quartile of both Strength and Consistency.")
 
 st.subheader("Recent review activity")
-recent = store.decisions(limit=10)
+recent = review.history(store, limit=10)
 if recent.empty:
     st.caption("No review decisions yet. Flag LoRAs on the Risk page or decide on a LoRA's detail page.")
 else:

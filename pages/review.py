@@ -6,16 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_support import (
-    choice,
-    detail_url,
-    get_store,
-    hidden_toggle,
-    keep,
-    page_setup,
-    require_corpus,
-    url_default,
-)
+from app.navigation import page_setup
+from app.resources import get_store, require_corpus
+from app.state import choice, keep, url_default
+from app.widgets import detail_url, hidden_toggle
 from carlos.review import workflow as review
 
 page_setup()
@@ -81,7 +75,7 @@ else:
 
 # -- the audit log ----------------------------------------------------------------------------------------
 st.subheader("Audit log")
-log = store.decisions()
+log = review.history(store)
 if log.empty:
     st.caption("No decisions recorded yet. The log is append-only: decisions are never edited or deleted.")
     st.stop()

@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import (
-    choice,
-    colour_choices,
-    corpus_frame,
-    explained,
-    flash,
-    fmt_threshold,
-    get_store,
-    ids_param,
-    keep,
-    last_search,
-    lora_table,
-    page_setup,
-    parse_ids,
-    require_corpus,
-    threshold_sidebar,
-    url_default,
-    write_note,
-)
+from app.access import write_note
+from app.navigation import page_setup
+from app.resources import corpus_frame, get_store, require_corpus
+from app.state import choice, colour_choices, flash, ids_param, keep, last_search, parse_ids, url_default
+from app.thresholds import fmt_threshold, threshold_sidebar
+from app.widgets import explained, lora_table
 from carlos.core.risk import RiskPolicy, corpus_stats
 from carlos.review import workflow as review
 from carlos.viz import figures as plots
@@ -111,7 +98,7 @@ if save:
         review.set_thresholds(store, thresholds, user.name, t_note or None)
         flash("success", f"Saved the thresholds as {user.name}.")
         st.rerun()
-history = store.threshold_history()
+history = review.threshold_history(store)
 if history.empty:
     st.caption("No reviewer has saved thresholds yet: the paper's 9.8 / 0.041 apply.")
 else:

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_support import (
-    SEARCH_KEY,
-    detail_url,
-    explained,
-    hidden_toggle,
-    keep,
-    page_setup,
-    require_corpus,
-    search_service,
-    threshold_sidebar,
-    url_default,
-)
+from app.navigation import page_setup
+from app.resources import require_corpus, search_service
+from app.state import SEARCH_KEY, keep, url_default
+from app.thresholds import threshold_sidebar
+from app.widgets import detail_url, explained, hidden_toggle
 from carlos.search.retrievers import LABELS, RETRIEVERS, SearchConfig
 
 user = page_setup()

@@ -24,7 +24,7 @@ QUERIES = {"detail": "?lora=130580", "search": "?q=pixel+art&r=behaviour&k=10&cm
 
 def _pages() -> list[str]:
     """Every page's url path, from the one list the navigation is built from."""
-    from app_support import PAGES
+    from app.navigation import PAGES
 
     return [url_path for *_, url_path in PAGES]
 

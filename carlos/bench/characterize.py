@@ -12,6 +12,7 @@ Both run in one process on the same LoRAs, seeds and prompts, so their
 representations must agree (reported), and the time ratio is fair on a busy
 machine. The tiny backend runs on CPU; the full-size SDXL architecture with
 random weights (``sdxl-random``, 1024², 25 steps) runs only when CUDA is present.
+The tables and notes are :mod:`carlos.bench.characterize_report`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from carlos.bench.common import machine_info, machine_line, markdown_table, stamp, text_table
+from carlos.bench.common import machine_info, stamp
 from carlos.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class CharBenchConfig:
 
 def write_random_lora(path: str | Path, arch: Any, *, seed: int = 0, rank: int = 4) -> Path:
     """A diffusers/PEFT-layout LoRA on the UNet attention projections of ``arch`` (an
-    :class:`carlos.models.tiny_sdxl.SDXLArchitecture`), with random weights: test LoRAs for
+    :class:`carlos.models.sdxl_arch.SDXLArchitecture`), with random weights: test LoRAs for
     any SDXL size, e.g. the full-size architecture on a GPU."""
     import re
 
@@ -92,7 +93,7 @@ def _lora_files(cfg: CharBenchConfig, folder: Path) -> list[Path]:
 
     if cfg.backend == "tiny":
         return [make_test_lora(folder / f"bench-{i}.safetensors", seed=100 + i) for i in range(cfg.n_loras)]
-    from carlos.models.tiny_sdxl import SDXL_BASE_1_0
+    from carlos.models.sdxl_arch import SDXL_BASE_1_0
 
     return [write_random_lora(folder / f"bench-{i}.safetensors", SDXL_BASE_1_0, seed=100 + i) for i in range(cfg.n_loras)]
 
@@ -113,10 +114,10 @@ def run_ours(cfg: CharBenchConfig, files: list[Path], folder: Path, clip: Any) -
     for sub in subs:
         worker.run_one(job_id=sub.job_id)
     run_s = time.perf_counter() - t2
-    failed = [s.job_id for s in subs if store.get_job(s.job_id)["status"] != "finished"]
+    failed = [s.job_id for s in subs if store.jobs.get(s.job_id)["status"] != "finished"]
     if failed:
-        raise InvalidInputError(f"benchmark jobs {failed} did not finish: {store.get_job(failed[0])['error']}")
-    reps = [store.representations_of(s.lora_id)[0] for s in subs]
+        raise InvalidInputError(f"benchmark jobs {failed} did not finish: {store.jobs.get(failed[0])['error']}")
+    reps = [store.reps.of(s.lora_id)[0] for s in subs]
     st = ch.stats
     sec = dict(st.seconds)
     sec["attach+bookkeeping+summarise"] = max(0.0, run_s - sum(sec.values()))
@@ -274,137 +275,3 @@ def _run_case(cfg: CharBenchConfig, progress: Callable[[int, int], None] | None)
         "agreement": agree,
         "cost_per_lora": _costs(ours, ref, cfg.n_loras),
     }
-
-
-_HEADERS = (
-    "backend",
-    "side",
-    "LoRAs x pairs",
-    "images",
-    "total s",
-    "LoRA pairs/s",
-    "images/s",
-    "load s",
-    "generate s",
-    "embed s",
-    "store s",
-    "attach+other s",
-)
-
-
-def _rows(result: dict[str, Any]) -> list[list[Any]]:
-    rows = []
-    for c in result["cases"]:
-        o, r, cfg = c["ours"], c["reference"], c["config"]
-        shape = f"{cfg['n_loras']} x {c['pairs'] // cfg['n_loras']}"
-        rows.append(
-            [
-                cfg["backend"],
-                "ours",
-                shape,
-                o["images"],
-                c["ours_total_s"],
-                c["ours_pairs_per_s"],
-                c["ours_images_per_s"],
-                o["load_s"],
-                o["seconds"]["generate"],
-                o["seconds"]["embed"],
-                o["seconds"]["store"],
-                o["seconds"]["attach+bookkeeping+summarise"] + o["submit_s"],
-            ]
-        )
-        rows.append(
-            [
-                cfg["backend"],
-                "reference",
-                shape,
-                r["images"],
-                r["run_s"],
-                c["reference_pairs_per_s"],
-                c["reference_images_per_s"],
-                r["seconds"]["load"],
-                r["seconds"]["generate"],
-                r["seconds"]["embed"],
-                0.0,
-                r["seconds"]["lora_attach"] + r["seconds"]["summarise"],
-            ]
-        )
-    return rows
-
-
-_COST_HEADERS = ("backend", "protocol", "pairs", "ours h/LoRA", "ours base images h (once)", "reference h/LoRA", "reference / ours")
-
-
-def _cost_rows(result: dict[str, Any]) -> list[list[Any]]:
-    rows = []
-    for c in result["cases"]:
-        unit = "GPU" if c["device"].startswith("cuda") else "CPU"
-        for name, v in c["cost_per_lora"].items():
-            rows.append(
-                [
-                    f"{c['config']['backend']} ({unit})",
-                    name,
-                    v["pairs"],
-                    v["ours_s_per_lora"] / 3600,
-                    v["ours_first_lora_extra_s"] / 3600,
-                    v["reference_s_per_lora"] / 3600,
-                    f"{v['reference_s_per_lora'] / v['ours_s_per_lora']:.2f}x",
-                ]
-            )
-    return rows
-
-
-def _cost_lines(result: dict[str, Any]) -> list[str]:
-    out = []
-    for c in result["cases"]:
-        a = c["agreement"]
-        out.append(
-            f"{c['config']['backend']}: ours is {c['ratio']:.2f}x faster end to end on this run (its one "
-            f"pipeline load included); representations agree: min direction cos "
-            f"{a['min_direction_cos']:.6f}, max Strength rel. diff "
-            f"{a['max_strength_rel_diff']:.1e}"
-        )
-    out.append(
-        f"paper: about {result['paper_gpu_hours_per_lora']:g} A6000 GPU-hours per LoRA (full protocol); "
-        "the tiny backend's hours say nothing about SDXL (64x64 px, 4 steps, toy UNet)"
-    )
-    if result["gpu_skipped"]:
-        out.append(result["gpu_skipped"])
-    return out
-
-
-def characterize_bench_text(result: dict[str, Any]) -> str:
-    head = f"Characterization throughput; {machine_line(result['machine'])}"
-    return "\n".join(
-        [
-            head,
-            "",
-            text_table(_HEADERS, _rows(result)),
-            "",
-            "Cost per LoRA, extrapolated from the measured per-image times:",
-            text_table(_COST_HEADERS, _cost_rows(result)),
-            "",
-        ]
-        + _cost_lines(result)
-    )
-
-
-def characterize_bench_markdown(result: dict[str, Any], command: str) -> str:
-    lines = [
-        f"### Characterization throughput ({result['when']})",
-        "",
-        f"`{command}`",
-        "",
-        f"{machine_line(result['machine'])}. Ours: pipeline loaded once, base images shared through "
-        "the store, diffs stored per chunk. Reference: pipeline rebuilt per LoRA, base images "
-        "regenerated, batches of 4. Same process, one after the other.",
-        "",
-        markdown_table(_HEADERS, _rows(result)),
-        "",
-        "Cost per LoRA, extrapolated from the measured per-image times:",
-        "",
-        markdown_table(_COST_HEADERS, _cost_rows(result)),
-        "",
-    ]
-    lines += [f"- {x}" for x in _cost_lines(result)]
-    return "\n".join(lines)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from carlos.bench.common import machine_info, machine_line, markdown_table, percentiles, stamp, text_table
+from carlos.config import DEFAULT_PROMPT_SET, RANDOM_CLIP
 from carlos.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,12 @@ FRESH_REPEATS = 5
 
 @dataclass(frozen=True)
 class QueryBenchConfig:
-    clip_model: str = "ViT-B-32/random"
+    clip_model: str = RANDOM_CLIP
     queries: tuple[str, ...] = DEFAULT_QUERIES[:3]
     ref_batch: int = 64
     warm_repeats: int = 20
     corpus_size: int = 740  # LoRAs in the store the warm search ranks
-    prompt_set: str = "carlos-prompts-v1"
+    prompt_set: str = DEFAULT_PROMPT_SET
 
     def __post_init__(self) -> None:
         if not self.queries:
@@ -191,7 +192,7 @@ def _open_close(store: Any) -> None:
 def _fill_store(store: Any, embedder: str, dim: int, n: int) -> None:
     """``n`` LoRAs with random directions in ``embedder`` space (only the ranking cost matters)."""
     rng = np.random.default_rng(0)
-    store.bulk_insert_representations(
+    store.reps.bulk_insert(
         [f"bench:{i}" for i in range(n)],
         rng.standard_normal((n, dim)).astype(np.float32),
         rng.uniform(1.0, 10.5, n),

@@ -1,7 +1,7 @@
 """Benchmark: synthetic corpora of 10k to 1M LoRAs shaped like the released one.
 
 For each size, in a fresh DuckDB store, it measures: import time and store size;
-load time and peak memory of the bare serving state (``Store.load_directions`` into
+load time and peak memory of the bare serving state (``store.reps.load_directions`` into
 one preallocated float32 matrix + :class:`carlos.core.index.DirectionIndex`); the
 latency of top-k with the paper's filters (p50/p95 over ``queries`` directions)
 and that every answer equals the float32 brute force; the library path the
@@ -9,7 +9,8 @@ dashboard and CLI run (``load_view`` + ``ranking.by_direction``: the same index
 behind a pandas frame of the LoRAs and typed hits) up to ``library_max``; and UMAP
 (fit on a sample with :func:`carlos.viz.maps.fit_umap`, the rest placed with ``transform``).
 
-Each stage runs in its own spawned process so its peak memory is its own.
+Each stage runs in its own spawned process so its peak memory is its own. The tables
+and notes are :mod:`carlos.bench.scale_report`.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from carlos.bench.common import MemoryProbe, machine_info, machine_line, markdown_table, percentiles, stamp, text_table
+from carlos.bench.common import MemoryProbe, machine_info, percentiles, stamp
 from carlos.bench.synthetic import CorpusModel, corpus_statistics
 from carlos.config import CORPUS_EMBEDDER, Thresholds
 from carlos.core.index import BLOCK_ROWS, DirectionIndex, same_top_k
 from carlos.errors import InvalidInputError
+from carlos.models.int8 import FbgemmInt8
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,8 @@ class ScaleBenchConfig:
 
 def real_corpus(store: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """The released directions, from ``store`` when it holds them, else the verified parquet."""
-    if store is not None and store.embedders().get(CORPUS_EMBEDDER, 0) >= 100:
-        _, m, s, c = store.load_directions(CORPUS_EMBEDDER)
+    if store is not None and store.reps.embedders().get(CORPUS_EMBEDDER, 0) >= 100:
+        _, m, s, c = store.reps.load_directions(CORPUS_EMBEDDER)
         return m, s, c, f"store {store.path}"
     import pyarrow.parquet as pq
 
@@ -91,7 +93,7 @@ def _stage_import(model: CorpusModel, db: str, n: int, seed: int) -> dict[str, A
     for b, (m, s, c) in enumerate(model.sample(n, seed=seed)):
         start = b * BLOCK_ROWS
         ids = [f"syn:{i:07d}" for i in range(start, start + len(m))]
-        store.bulk_insert_representations(ids, m, s, c, embedder=SYNTHETIC_EMBEDDER, source="synthetic", protocol="synthetic")
+        store.reps.bulk_insert(ids, m, s, c, embedder=SYNTHETIC_EMBEDDER, source="synthetic", protocol="synthetic")
         if first is None:
             first = corpus_statistics(m, s, c)
     import_s = time.perf_counter() - t0
@@ -108,11 +110,11 @@ def _stage_serve(db: str, n_queries: int, top_k: int, exact_checks: int, model: 
     probe = MemoryProbe()
     base = probe.start()
     t0 = time.perf_counter()
-    ids, matrix, strength, consistency = store.load_directions(SYNTHETIC_EMBEDDER)
+    ids, matrix, strength, consistency = store.reps.load_directions(SYNTHETIC_EMBEDDER)
     load_s = time.perf_counter() - t0
     after_load = MemoryProbe.rss() - base
     t1 = time.perf_counter()
-    index = DirectionIndex(matrix, strength, consistency)
+    index = DirectionIndex(matrix, strength, consistency, int8=FbgemmInt8())
     build_s = time.perf_counter() - t1
     queries = next(model.sample(n_queries + 2, seed=seed + 1, block=n_queries + 2))[0]
     thresholds = Thresholds()
@@ -170,7 +172,7 @@ def _stage_library(db: str, n_queries: int, top_k: int, model: CorpusModel, seed
     import torch  # imported before the baseline so its own memory is not counted
 
     from carlos.core.ranking import by_direction
-    from carlos.store.catalog import load_view
+    from carlos.search.views import corpus_view as load_view
     from carlos.store.store import Store
 
     store = Store.open(db)
@@ -205,7 +207,7 @@ def _stage_umap(db: str, sample: int, seed: int) -> dict[str, Any]:
     from carlos.store.store import Store
     from carlos.viz.maps import MapConfig, fit_umap
 
-    _, matrix, _, _ = Store.open(db).load_directions(SYNTHETIC_EMBEDDER)
+    _, matrix, _, _ = Store.open(db).reps.load_directions(SYNTHETIC_EMBEDDER)
     rng = np.random.default_rng(seed)
     n = len(matrix)
     fit_rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
@@ -299,126 +301,3 @@ def run_scale_bench(
         "targets": {"p50_ms_at_1M": P50_TARGET_MS, "peak_over_raw": MEMORY_TARGET},
         "sizes": rows,
     }
-
-
-_HEADERS = (
-    "LoRAs",
-    "import s",
-    "store MiB",
-    "load s",
-    "index s",
-    "top-k p50 ms",
-    "p95 ms",
-    "p50 ms, all threads",
-    "exact",
-    "fp32 scan p50 ms",
-    "peak MiB",
-    "peak / raw",
-    "load_view s",
-    "view index s",
-    "by_direction p50 ms",
-    "by_direction p95 ms",
-    "load_view peak / raw",
-    "UMAP fit s",
-    "UMAP transform s",
-)
-
-
-def _rows(result: dict[str, Any]) -> list[list[Any]]:
-    out = []
-    for r in result["sizes"]:
-        sv, lib, um = r["serve"], r["library"] or {}, r["umap"] or {}
-        out.append(
-            [
-                f"{r['n']:,}",
-                r["import"]["import_s"],
-                r["import"]["store_bytes"] / 2**20,
-                sv["load_s"],
-                sv["index_build_s"],
-                sv["topk"]["p50_ms"],
-                sv["topk"]["p95_ms"],
-                sv["topk_default_threads"]["p50_ms"],
-                f"{sv['exact_agree']}/{sv['exact_checked']}",
-                sv["float32_scan"]["p50_ms"],
-                sv["peak_bytes"] / 2**20,
-                f"{sv['peak_over_raw']:.2f}x",
-                lib.get("load_view_s"),
-                lib.get("index_build_s"),
-                (lib.get("by_direction") or {}).get("p50_ms"),
-                (lib.get("by_direction") or {}).get("p95_ms"),
-                f"{lib['peak_over_raw']:.2f}x" if lib else None,
-                um.get("fit_s"),
-                um.get("transform_s"),
-            ]
-        )
-    return out
-
-
-def _notes(result: dict[str, Any]) -> list[str]:
-    cfg, real = result["config"], result["model"]["real"]
-    notes = [
-        f"synthetic model: low-rank ({result['model']['rank']} axes) + diagonal Gaussian of unit directions "
-        f"fitted on the {real['n']} released directions ({result['model']['source']}); (Strength, "
-        "Consistency, norm ratio) resampled from real rows with 5% log-normal jitter"
-    ]
-    first = result["sizes"][0]["import"]["stats_first_block"]
-    keys = (
-        "mean_norm",
-        "mean_pairwise_cos",
-        "std_pairwise_cos",
-        "var_top16_pcs",
-        "corr_strength_consistency",
-        "corr_norm_strength",
-        "share_over_strength",
-        "share_under_consistency",
-    )
-    notes.append("real vs synthetic: " + ", ".join(f"{k} {real[k]:.3f}/{first[k]:.3f}" for k in keys))
-    for r in result["sizes"]:
-        sv = r["serve"]
-        notes.append(
-            f"{r['n']:,}: kernel {sv['kernel']} (1 torch thread; 'all threads' = "
-            f"{sv['default_threads']}), {sv['eligible']:,} LoRAs pass the filters, "
-            f"{sv['candidates_p50']:.0f} rows re-scored in float32 per query (p50); memory via "
-            f"{sv['memory_method']}; raw vectors {sv['raw_bytes'] / 2**20:.0f} MiB"
-        )
-        if r["umap"]:
-            u = r["umap"]
-            notes.append(
-                f"{r['n']:,}: UMAP fitted on {u['fit_points']:,} points, {u['transform_points']:,} "
-                f"transformed; {u['total_s'] / 60:.1f} min in all"
-            )
-    big = [r for r in result["sizes"] if r["n"] >= 1_000_000]
-    for r in big:
-        sv = r["serve"]
-        notes.append(
-            f"targets at {r['n']:,}: top-k p50 {sv['topk']['p50_ms']:.0f} ms (< {P50_TARGET_MS:.0f}: "
-            f"{'met' if sv['topk']['p50_ms'] < P50_TARGET_MS else 'NOT met'}), peak memory "
-            f"{sv['peak_over_raw']:.2f}x raw (< {MEMORY_TARGET}: "
-            f"{'met' if sv['peak_over_raw'] < MEMORY_TARGET else 'NOT met'})"
-        )
-    if not big:
-        notes.append("no 1M run in this invocation: the 1M targets are not assessed")
-    notes.append(
-        f"library path (load_view + by_direction) measured up to {cfg['library_max']:,} LoRAs; UMAP "
-        f"for {cfg['umap_min']:,} to {cfg['umap_max']:,}"
-    )
-    return notes
-
-
-def scale_bench_text(result: dict[str, Any]) -> str:
-    head = f"Scale benchmark ({SYNTHETIC_EMBEDDER}); {machine_line(result['machine'])}"
-    return "\n".join([head, "", text_table(_HEADERS, _rows(result)), ""] + _notes(result))
-
-
-def scale_bench_markdown(result: dict[str, Any], command: str) -> str:
-    lines = [
-        f"### Scale ({result['when']})",
-        "",
-        f"`{command}`",
-        "",
-        f"{machine_line(result['machine'])}.",
-        "",
-        markdown_table(_HEADERS, _rows(result)),
-        "",
-    ] + [f"- {n}" for n in _notes(result)]
-    return "\n".join(lines)

@@ -11,7 +11,7 @@ mean of diffs is long only when the diffs are long *and* agree.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -111,6 +111,6 @@ def corpus_statistics(
         "consistency_mean": float(c.mean()),
         "corr_strength_consistency": float(np.corrcoef(s, c)[0, 1]),
         "corr_norm_strength": float(np.corrcoef(norms, s)[0, 1]),
-        "share_over_strength": float((s > t.strength_max).mean()) if t.strength_max is not None else 0.0,
-        "share_under_consistency": (float((c < t.consistency_min).mean()) if t.consistency_min is not None else 0.0),
+        "share_over_strength": float((~replace(t, consistency_min=None).keeps(s, c)).mean()),
+        "share_under_consistency": float((~replace(t, strength_max=None).keeps(s, c)).mean()),
     }

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from carlos import __version__
+from carlos.config import CORPUS_EMBEDDER, RANDOM_CLIP
 from carlos.core.representation import Representation, summarize
 from carlos.errors import InvalidInputError
 from carlos.store.store import Store
@@ -52,7 +53,7 @@ PROTOCOLS = {
 }
 
 #: Which CLIP model embeds the images of each diffusion backend.
-CLIP_FOR_BACKEND = {"tiny": "tiny", "sdxl": "ViT-B-32/openai", "sdxl-random": "ViT-B-32/random"}
+CLIP_FOR_BACKEND = {"tiny": "tiny", "sdxl": CORPUS_EMBEDDER, "sdxl-random": RANDOM_CLIP}
 
 
 def get_protocol(name: str) -> Protocol:
@@ -129,7 +130,7 @@ class Characterizer:
 
         key = self.base_key()
         wanted = [(p.prompt, p.seed) for p in pairs]
-        have = self.store.get_base_embeddings(key, wanted)
+        have = self.store.jobs.base_embeddings(key, wanted)
         self.stats.base_cache_hits += len(have)
         missing = [p for p in pairs if (p.prompt, p.seed) not in have]
         if missing:
@@ -142,7 +143,7 @@ class Characterizer:
             for p, img, f in zip(missing, images, feats):
                 have[(p.prompt, p.seed)] = f
                 rows.append((p.prompt, p.seed, f, png_thumbnail(img)))
-            self.store.put_base_embeddings(key, rows)
+            self.store.jobs.put_base_embeddings(key, rows)
             self.stats.base_generated += len(missing)
             self.stats.seconds["generate"] += t2 - t
             self.stats.seconds["embed"] += t3 - t2
@@ -162,7 +163,7 @@ class Characterizer:
         pairs, subset = protocol_pairs(protocol)
         job_id = int(job["job_id"])
         trigger = (job.get("options") or {}).get("trigger") or None
-        done = self.store.done_pairs(job_id)
+        done = self.store.jobs.done_pairs(job_id)
         self.stats.pairs_skipped_as_done += len(done)
         todo = [p for p in pairs if p.index not in done]
         if progress:
@@ -191,14 +192,14 @@ class Characterizer:
                     for p, f in zip(chunk, feats)
                 ]
                 thumbs = [
-                    (p.index, self.store.base_thumbnail(self.base_key(), p.prompt, p.seed), png_thumbnail(img))
+                    (p.index, self.store.jobs.base_thumbnail(self.base_key(), p.prompt, p.seed), png_thumbnail(img))
                     for p, img in zip(chunk, images)
                     if p.index < self.thumbnails
                 ]
                 with self.store.transaction():
-                    n_done = self.store.add_pair_results(job_id, rows)
+                    n_done = self.store.jobs.add_pair_results(job_id, rows)
                     if thumbs:
-                        self.store.put_thumbnails(job_id, thumbs)
+                        self.store.jobs.put_thumbnails(job_id, thumbs)
                 self.stats.seconds["generate"] += t2 - t
                 self.stats.seconds["embed"] += t3 - t2
                 self.stats.seconds["store"] += time.perf_counter() - t3
@@ -209,13 +210,13 @@ class Characterizer:
     def finish(self, job: dict[str, Any], subset: Any, protocol: Protocol, trigger: str | None) -> Representation:
         """Summarise the stored diffs with the numpy core and store the representation."""
         job_id = int(job["job_id"])
-        meta, diffs = self.store.pair_diffs(job_id)
+        meta, diffs = self.store.jobs.pair_diffs(job_id)
         pairs, _ = protocol_pairs(protocol)
         if len(meta) != len(pairs):
             raise InvalidInputError(f"job {job_id} has {len(meta)} of {len(pairs)} pairs; cannot finish")
         rep = summarize(diffs)
         settings = self.backend.settings_dict()
-        self.store.put_representation(
+        self.store.reps.put(
             job["lora_id"],
             self.clip.embedder_id,
             rep.direction,
@@ -239,14 +240,5 @@ class Characterizer:
                 "clip_weights": getattr(self.clip, "weights_source", None),
             },
         )
-        self.store.set_job_status(job_id, "finished")
+        self.store.jobs.set_status(job_id, "finished")
         return rep
-
-
-def per_category_strength(store: Store, job_id: int) -> Any:
-    """Mean diff norm per prompt category: which kinds of prompts the LoRA changes most."""
-    meta, diffs = store.pair_diffs(job_id)
-    if len(meta) == 0:
-        return meta.assign(strength=[])
-    meta = meta.assign(strength=np.linalg.norm(diffs, axis=1))
-    return meta.groupby("category", as_index=False)["strength"].mean().sort_values("strength", ascending=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from carlos.characterize.engine import CLIP_FOR_BACKEND, Characterizer, Progress, get_protocol, protocol_pairs
+from carlos.config import DEFAULT_BACKEND, DEFAULT_PROTOCOL
 from carlos.errors import CarlosError, InvalidInputError
 from carlos.files.validate import LoRAFileLimits, LoRAFileReport, inspect_lora, safe_filename
 from carlos.store.store import Store
@@ -66,8 +67,8 @@ def submit(
     store: Store,
     path: str | Path,
     *,
-    backend: str = "tiny",
-    protocol: str = "smoke",
+    backend: str = DEFAULT_BACKEND,
+    protocol: str = DEFAULT_PROTOCOL,
     trigger: str | None = None,
     original_name: str | None = None,
     requested_by: str | None = None,
@@ -93,14 +94,14 @@ def submit(
         shutil.copyfile(path, tmp)
         os.replace(tmp, stored)  # atomic: a half-copied file is never used
     lora_id = f"sha256:{report.sha256}"
-    known = store.find_by_sha256(report.sha256) is not None
+    known = store.loras.find_by_sha256(report.sha256) is not None
     name = (
         name
         or report.metadata.get("ss_output_name")
         or report.metadata.get("modelspec.title")
         or Path(safe_filename(original_name or path.name)).stem
     )
-    store.upsert_loras(
+    store.loras.upsert(
         [
             {
                 "lora_id": lora_id,
@@ -114,14 +115,19 @@ def submit(
             }
         ]
     )
-    for job_id, options in store.live_jobs_of(lora_id, backend, protocol):
+    for job_id, options in store.jobs.live_of(lora_id, backend, protocol):
         if json.loads(options or "{}").get("trigger") == trigger:
             return Submission(int(job_id), lora_id, report, int(job_id), known)
     pairs, _ = protocol_pairs(proto)
-    job_id = store.enqueue_job(
+    job_id = store.jobs.enqueue(
         lora_id, str(stored), backend, protocol, len(pairs), {"trigger": trigger, "sha256": report.sha256}, requested_by
     )
     return Submission(job_id, lora_id, report, None, known)
+
+
+def cancel(store: Store, job_id: int) -> bool:
+    """Cancel a queued or running job (a running worker stops at its next chunk); False if it was neither."""
+    return store.jobs.cancel(job_id)
 
 
 def inspect_upload(path: Path, original_name: str | None, backend: str) -> LoRAFileReport:
@@ -198,22 +204,22 @@ class Worker:
 
     def run_one(self, progress: Progress | None = None, job_id: int | None = None) -> int | None:
         """Take and run one job (the next, or ``job_id``); returns its id, or None if none."""
-        job = self.store.claim_next_job(self.worker_id, self.stale_after_s, job_id)
+        job = self.store.jobs.claim_next(self.worker_id, self.stale_after_s, job_id)
         if job is None:
             return None
         job_id = int(job["job_id"])
         log.info("worker %s: job %d (%s, %s, %s)", self.worker_id, job_id, job["lora_id"], job["backend"], job["protocol"])
 
         def still_wanted() -> bool:
-            return self.store.heartbeat(job_id, self.worker_id) == "running"
+            return self.store.jobs.heartbeat(job_id, self.worker_id) == "running"
 
         try:
             rep = self.characterizer(job["backend"], job["protocol"]).run_job(job, progress=progress, should_continue=still_wanted)
         except CarlosError as e:
-            self.store.set_job_status(job_id, "failed", str(e))
+            self.store.jobs.set_status(job_id, "failed", str(e))
             log.error("job %d failed: %s", job_id, e)
         except Exception as e:  # a worker must survive a bad job and say why it failed
-            self.store.set_job_status(job_id, "failed", f"{type(e).__name__}: {e}")
+            self.store.jobs.set_status(job_id, "failed", f"{type(e).__name__}: {e}")
             log.exception("job %d failed", job_id)
         else:
             if rep is None:

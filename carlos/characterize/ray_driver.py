@@ -106,13 +106,13 @@ class _Driver:
         self.held: dict[int, list[tuple[Pair, np.ndarray, bytes | None]]] = {}  # LoRA results awaiting base
         self.total = sum(int(j["total"]) for j in jobs)
         self.done = sum(int(j["done"]) for j in jobs)
-        self.base = store.get_base_embeddings(self.base_key, [(p.prompt, p.seed) for p in self.pairs])
+        self.base = store.jobs.base_embeddings(self.base_key, [(p.prompt, p.seed) for p in self.pairs])
         report.base_pairs_cached = len(self.base)
         missing = [p for p in self.pairs if (p.prompt, p.seed) not in self.base]
         n = config.chunk_pairs
         self.base_pending = deque(_Chunk(None, missing[i : i + n]) for i in range(0, len(missing), n))
         self.base_png = {
-            p.index: store.base_thumbnail(self.base_key, p.prompt, p.seed)
+            p.index: store.jobs.base_thumbnail(self.base_key, p.prompt, p.seed)
             for p in self.pairs[: config.thumbnails]
             if (p.prompt, p.seed) in self.base
         }
@@ -122,15 +122,15 @@ class _Driver:
         """Claim a job and plan its missing pairs; None if there is nothing to run."""
         import ray
 
-        job = self.store.get_job(job_id)
+        job = self.store.jobs.get(job_id)
         status, holder = job["status"], job.get("worker")
         if status in ("finished", "failed", "cancelled"):
             return self._skip(job, f"{status} meanwhile")
         mine = status == "running" and holder == self.worker_id  # a previous run of this driver
-        claimed = self.store.claim_next_job(self.worker_id, 0.0 if mine else self.config.stale_after_s, job_id)
+        claimed = self.store.jobs.claim_next(self.worker_id, 0.0 if mine else self.config.stale_after_s, job_id)
         if claimed is None:
             return self._skip(job, f"running on worker {holder}")
-        stored = self.store.done_pairs(job_id)
+        stored = self.store.jobs.done_pairs(job_id)
         self.report.lora_pairs_already_stored += len(stored)
         state = _Job(claimed, (claimed.get("options") or {}).get("trigger") or None, len(stored))
         todo = [p for p in self.pairs if p.index not in stored]
@@ -177,7 +177,7 @@ class _Driver:
 
     def _fail(self, state: _Job, why: str) -> None:
         job_id = int(state.job["job_id"])
-        self.store.set_job_status(job_id, "failed", why)
+        self.store.jobs.set_status(job_id, "failed", why)
         self.report.failed[job_id] = why
         self.total -= int(state.job["total"]) - state.done
         self._close(state)
@@ -268,7 +268,7 @@ class _Driver:
             self._store_lora(chunk.job_id, items)
 
     def _store_base(self, items: list[tuple[Pair, np.ndarray, bytes | None]]) -> None:
-        self.store.put_base_embeddings(self.base_key, [(p.prompt, p.seed, f, png) for p, f, png in items])
+        self.store.jobs.put_base_embeddings(self.base_key, [(p.prompt, p.seed, f, png) for p, f, png in items])
         for p, f, png in items:
             self.base[(p.prompt, p.seed)] = f
             if p.index < self.config.thumbnails:
@@ -295,9 +295,9 @@ class _Driver:
         ]
         thumbs = [(p.index, self.base_png.get(p.index), png) for p, _, png in ready if png is not None]
         with self.store.transaction():
-            n_done = self.store.add_pair_results(job_id, rows)
+            n_done = self.store.jobs.add_pair_results(job_id, rows)
             if thumbs:
-                self.store.put_thumbnails(job_id, thumbs)
+                self.store.jobs.put_thumbnails(job_id, thumbs)
         state = self.open[job_id]
         self.done += n_done - state.done
         state.done = n_done
@@ -309,7 +309,7 @@ class _Driver:
     # -- loop ----------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
         for job_id, state in list(self.open.items()):
-            status = self.store.heartbeat(job_id, self.worker_id)
+            status = self.store.jobs.heartbeat(job_id, self.worker_id)
             if status != "running":  # cancelled from the dashboard or `jobs --cancel`
                 self.report.skipped[job_id] = status
                 self.total -= int(state.job["total"]) - state.done
@@ -336,7 +336,7 @@ class _Driver:
     def release(self) -> None:
         """Give unfinished claimed jobs back to the queue (a rerun or a worker resumes them)."""
         for job_id, state in list(self.open.items()):
-            self.store.set_job_status(job_id, "queued")
+            self.store.jobs.set_status(job_id, "queued")
             self._close(state)
 
 
@@ -363,7 +363,7 @@ def characterize_on_ray(
     report = RunReport()
     jobs = []
     with store.session():  # one connection for the whole list
-        found = [(job_id, store.get_job(job_id)) for job_id in dict.fromkeys(int(j) for j in job_ids)]
+        found = [(job_id, store.jobs.get(job_id)) for job_id in dict.fromkeys(int(j) for j in job_ids)]
     for job_id, job in found:
         if job is None:
             raise InvalidInputError(f"no job {job_id} in {store.path}")

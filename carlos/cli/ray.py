@@ -1,6 +1,6 @@
 """``characterize-many``: a manifest of LoRAs, characterized on Ray or in this process.
 
-Registered into :mod:`carlos.cli.main`. The manifest is CSV (a header row naming ``path`` and
+The manifest is CSV (a header row naming ``path`` and
 optionally ``trigger`` and ``name``) or JSONL (one object per line with those keys);
 relative paths are relative to the manifest's folder, blank lines and ``#`` lines are skipped.
 """
@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carlos.cli.main import _emit, add_json, command, open_store
+from carlos.cli.common import (
+    add_alias,
+    add_backend,
+    add_json,
+    add_protocol,
+    add_quiet,
+    close,
+    emit,
+    open_store,
+    progress_bar,
+)
+from carlos.config import DEFAULT_BACKEND, DEFAULT_PROTOCOL
 from carlos.errors import CarlosError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -76,19 +87,6 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
             values[key] = v.strip() if v and v.strip() else None
         entries.append(ManifestEntry(i, file if file.is_absolute() else path.parent / file, **values))
     return entries
-
-
-def _progress(disabled: bool):  # noqa: ANN202
-    from tqdm import tqdm
-
-    bar = tqdm(desc="pairs", unit="pair", dynamic_ncols=True, disable=disabled)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
 
 
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -167,20 +165,20 @@ def _characterize_many(args: argparse.Namespace) -> int:
         )
     run: dict[str, Any] | None = None
     if job_ids and not args.submit_only:
-        bar, update = _progress(args.no_progress)
+        bar, update = progress_bar("pairs", unit="pair", disabled=args.quiet)
         try:
             if args.ray is not None:
                 run = _run_ray(args, store, job_ids, update)
             else:
                 worker = jobs.Worker(store, stale_after_s=args.stale_after, chunk_pairs=args.chunk_pairs)
                 for job_id in job_ids:
-                    if store.get_job(job_id)["status"] != "finished":
+                    if store.jobs.get(job_id)["status"] != "finished":
                         worker.run_one(job_id=job_id)
         finally:
-            bar.close()
+            close(bar)
     out = []
     for e, sub in submitted:
-        job = store.get_job(sub.job_id)
+        job = store.jobs.get(sub.job_id)
         row = {
             "line": e.line,
             "path": str(e.path),
@@ -191,7 +189,7 @@ def _characterize_many(args: argparse.Namespace) -> int:
             "done": int(job["done"]),
             "total": int(job["total"]),
         }
-        reps = store.representations_of(sub.lora_id)
+        reps = store.reps.of(sub.lora_id)
         rep = next((r for r in reps if r.provenance.get("job_id") == sub.job_id), None)
         if rep is not None:
             row.update(strength=rep.strength, consistency=rep.consistency, embedder=rep.embedder)
@@ -206,14 +204,12 @@ def _characterize_many(args: argparse.Namespace) -> int:
     lines += [f"  rejected line {r['line']} {r['path']}: {r['error']}" for r in rejected]
     finished = sum(r["status"] == "finished" for r in out)
     lines.append(f"{finished} of {len(entries)} LoRAs characterized, {len(rejected)} rejected")
-    _emit(args, {"submitted": out, "rejected": rejected, "run": run}, "\n".join(lines))
+    emit(args, {"submitted": out, "rejected": rejected, "run": run}, "\n".join(lines))
     return 0 if finished == len(entries) or args.submit_only and not rejected else 1
 
 
-@command
-def _register_characterize_many(sub: Any) -> None:
-    from carlos.characterize.engine import CLIP_FOR_BACKEND, PROTOCOLS
-
+def register(sub: Any) -> None:
+    """``characterize-many``."""
     p = sub.add_parser("characterize-many", help="characterize every LoRA of a manifest, on Ray (--ray) or in this process")
     p.add_argument(
         "manifest",
@@ -228,15 +224,8 @@ def _register_characterize_many(sub: Any) -> None:
         help="run on Ray: alone, start a local cluster; with an ADDRESS (head-host:6379, or auto "
         "on a node of the cluster) join that cluster. This process stays the only store writer",
     )
-    p.add_argument("--backend", choices=list(CLIP_FOR_BACKEND), default="tiny")
-    p.add_argument(
-        "--protocol",
-        "--profile",
-        dest="protocol",
-        choices=list(PROTOCOLS),
-        default="smoke",
-        help="; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items()),
-    )
+    add_backend(p, DEFAULT_BACKEND)
+    add_protocol(p, DEFAULT_PROTOCOL)
     p.add_argument("--num-cpus", type=int, help="CPUs of a local cluster (default: all)")
     p.add_argument("--actors", type=int, help="Ray workers (default: one per GPU, else per --cpus-per-actor CPUs)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
@@ -244,6 +233,7 @@ def _register_characterize_many(sub: Any) -> None:
     p.add_argument("--chunk-pairs", type=int, default=8, help="pairs per work item (smaller: finer resume)")
     p.add_argument("--stale-after", type=float, default=120.0, help="take over jobs whose worker sent no heartbeat for this many seconds")
     p.add_argument("--submit-only", action="store_true", help="validate and queue; run nothing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(p)
+    add_alias(p, "--no-progress", "--quiet", "quiet", flag=True)
     add_json(p)
     p.set_defaults(func=_characterize_many)

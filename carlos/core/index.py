@@ -1,11 +1,12 @@
 """Exact filtered top-k by cosine that stays fast at a million LoRAs.
 
-Every search of the product ends here (through :attr:`carlos.store.catalog.CorpusView.index`),
+Every search of the product ends here (through :attr:`carlos.core.view.CorpusView.index`),
 and so does the scale benchmark: what it measures is what the dashboard runs.
 
 :class:`DirectionIndex` answers "top k by cosine, with Strength/Consistency
 filters" exactly, in two stages. Stage 1 scores every row against int8 codes of
-the unit directions (fbgemm's int8 GEMV: a quarter of the float32 bytes to read,
+the unit directions (an int8 GEMV backend, fbgemm through
+:mod:`carlos.models.int8`: a quarter of the float32 bytes to read,
 which is what bounds a 1M x 512 scan on a small machine). Every code row carries
 a rigorous bound on its error, so stage 2 recomputes in float32 only the rows
 whose upper bound reaches the k-th best lower bound; the answer is the float32
@@ -16,10 +17,9 @@ Small corpora, and machines without the fbgemm kernel, use the float32 scan.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,13 +37,21 @@ INT8_MIN_ROWS = 20_000
 
 
 # ------------------------------------------------------------------------------ the index
-def _fbgemm_available() -> bool:
-    try:
-        import torch
+class Int8Kernel(Protocol):
+    """An int8 GEMV backend for stage 1 (e.g. :class:`carlos.models.int8.FbgemmInt8`).
 
-        return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
-    except Exception:  # noqa: BLE001 -- any failure means: use the float32 scan
-        return False
+    The quantization and the error bound are computed here in numpy; the backend only
+    packs the int8 codes and multiplies them with a float query. Kept behind this
+    protocol so the core never imports torch.
+    """
+
+    name: str
+
+    def available(self) -> bool: ...
+
+    def pack(self, codes: np.ndarray, scales: np.ndarray) -> Any: ...
+
+    def scores(self, packed: Sequence[Any], x: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,14 @@ class DirectionIndex:
     """
 
     def __init__(
-        self, matrix: np.ndarray, strength: np.ndarray, consistency: np.ndarray, *, kernel: str = "auto", block_rows: int = BLOCK_ROWS
+        self,
+        matrix: np.ndarray,
+        strength: np.ndarray,
+        consistency: np.ndarray,
+        *,
+        kernel: str = "auto",
+        int8: Int8Kernel | None = None,
+        block_rows: int = BLOCK_ROWS,
     ) -> None:
         if matrix.dtype != np.float32 or matrix.ndim != 2 or not matrix.flags.c_contiguous:
             raise InvalidInputError("matrix must be a C-contiguous float32 (n, d) array")
@@ -82,14 +97,15 @@ class DirectionIndex:
         if not np.isfinite(self.norms).all():
             raise InvalidInputError("directions must be finite (a row is NaN, inf, or too long for float32)")
         # below INT8_MIN_ROWS the float32 scan takes well under a millisecond: no codes, no torch
-        use_int8 = kernel == "int8" or (kernel == "auto" and n >= INT8_MIN_ROWS and _fbgemm_available())
-        if kernel == "int8" and not _fbgemm_available():
-            raise InvalidInputError("the int8 kernel needs torch with the fbgemm quantized engine")
+        use_int8 = kernel == "int8" or (kernel == "auto" and n >= INT8_MIN_ROWS and int8 is not None and int8.available())
+        if kernel == "int8" and (int8 is None or not int8.available()):
+            raise InvalidInputError("the int8 kernel needs an int8 backend: carlos.models.int8.FbgemmInt8 (torch with fbgemm)")
+        self._int8 = int8
         self._packed: list[Any] = []
         self._err_code = self._l1_code = None
         if use_int8 and n:
             self._build_int8()
-        self.kernel = "int8-fbgemm+exact-rerank" if self._packed else "float32-scan"
+        self.kernel = f"int8-{int8.name}+exact-rerank" if self._packed and int8 is not None else "float32-scan"
         self._mask_key: tuple[Any, ...] | None = None
         self._mask: np.ndarray | None = None
 
@@ -110,43 +126,33 @@ class DirectionIndex:
         For a row u with code w (dequantized) and a unit query x quantized by fbgemm to
         x' (|x - x'| <= s_x / 2 per element): |u.x - w.x'| <= ||u - w||_2 + ||w||_1 s_x / 2.
         """
-        import torch
-
         n, _ = self.matrix.shape
         self._err_code = np.empty(n, dtype=np.float32)
         self._l1_code = np.empty(n, dtype=np.float32)
         d = self.matrix.shape[1]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch marks quantized-tensor constructors deprecated
-            for a in range(0, n, self.block_rows):
-                b = min(n, a + self.block_rows)
-                codes = np.empty((b - a, d), dtype=np.int8)
-                scale = np.empty(b - a, dtype=np.float64)
-                for s0 in range(a, b, _QUANT_ROWS):  # float32 temporaries of a few MB
-                    s1 = min(b, s0 + _QUANT_ROWS)
-                    norms = self.norms[s0:s1, None]
-                    unit = self.matrix[s0:s1] / np.maximum(norms, np.float32(ZERO_NORM))
-                    unit[norms[:, 0] <= ZERO_NORM] = 0.0
-                    sc = np.maximum(np.abs(unit).max(axis=1), np.float32(ZERO_NORM)) / np.float32(127.0)
-                    c = np.clip(np.rint(unit / sc[:, None]), -127, 127).astype(np.int8)
-                    deq = c * sc[:, None]
-                    self._err_code[s0:s1] = np.linalg.norm(unit - deq, axis=1)
-                    self._l1_code[s0:s1] = np.abs(deq).sum(axis=1)
-                    codes[s0 - a : s1 - a] = c
-                    scale[s0 - a : s1 - a] = sc
-                q = torch._make_per_channel_quantized_tensor(
-                    torch.from_numpy(codes), torch.from_numpy(scale), torch.zeros(b - a, dtype=torch.long), 0
-                )
-                self._packed.append(torch.ops.quantized.linear_prepack(q, None))
+        assert self._int8 is not None
+        for a in range(0, n, self.block_rows):
+            b = min(n, a + self.block_rows)
+            codes = np.empty((b - a, d), dtype=np.int8)
+            scale = np.empty(b - a, dtype=np.float64)
+            for s0 in range(a, b, _QUANT_ROWS):  # float32 temporaries of a few MB
+                s1 = min(b, s0 + _QUANT_ROWS)
+                norms = self.norms[s0:s1, None]
+                unit = self.matrix[s0:s1] / np.maximum(norms, np.float32(ZERO_NORM))
+                unit[norms[:, 0] <= ZERO_NORM] = 0.0
+                sc = np.maximum(np.abs(unit).max(axis=1), np.float32(ZERO_NORM)) / np.float32(127.0)
+                c = np.clip(np.rint(unit / sc[:, None]), -127, 127).astype(np.int8)
+                deq = c * sc[:, None]
+                self._err_code[s0:s1] = np.linalg.norm(unit - deq, axis=1)
+                self._l1_code[s0:s1] = np.abs(deq).sum(axis=1)
+                codes[s0 - a : s1 - a] = c
+                scale[s0 - a : s1 - a] = sc
+            self._packed.append(self._int8.pack(codes, scale))
 
     def _approx(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """int8 scores of every row against unit query ``x`` and each row's error bound."""
-        import torch
-
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
-        with torch.inference_mode():
-            approx = torch.cat([torch.ops.quantized.linear_dynamic(xt, p, True) for p in self._packed], 1)
-        approx = approx.numpy()[0]
+        assert self._int8 is not None
+        approx = self._int8.scores(self._packed, x)
         # fbgemm quantizes x affinely over [min(x, 0), max(x, 0)] in 7 bits (reduce_range) or 8;
         # assuming 7 bits keeps the bound valid for both. The factor 2 and the constant cover the
         # float32 rounding of the scales and of the dequantized accumulation.
@@ -239,14 +245,32 @@ def _unit_query(query: np.ndarray, dim: int) -> np.ndarray:
     return q / n
 
 
-def top_within(scores: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def top_within(scores: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows, scores) of the ``k`` best ``scores`` within ``mask``, best first; ties keep row order.
 
+    ``mask`` (bool, the shape of ``scores``; None: every row) marks the eligible rows. NaN
+    scores are never returned, so fewer than ``k`` rows come back when fewer are eligible.
     Partial selection first: a million scores need not be sorted for ten.
     """
-    cand = np.flatnonzero(mask)
-    if cand.size > k:
-        vals = scores[cand]
+    scores = np.asarray(scores)
+    if scores.ndim != 1:
+        raise InvalidInputError(f"scores must be 1-D, got shape {scores.shape}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise InvalidInputError(f"k must be an int >= 0, got {k!r}")
+    if mask is None:
+        cand = np.arange(scores.shape[0], dtype=np.int64)
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != scores.shape or mask.dtype != np.bool_:
+            raise InvalidInputError(f"mask must be a bool array of shape {scores.shape}")
+        cand = np.flatnonzero(mask)
+    vals = scores[cand]
+    if vals.dtype.kind == "f" and np.isnan(vals).any():
+        known = ~np.isnan(vals)
+        cand, vals = cand[known], vals[known]
+    if k == 0:
+        cand = cand[:0]
+    elif cand.size > k:
         part = np.argpartition(-vals, k - 1)[:k]
         kth = vals[part].min()
         cand = cand[vals >= kth]  # keep ties at the k-th value; the sort below settles them

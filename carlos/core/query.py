@@ -15,14 +15,10 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from carlos.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from carlos.models.clip import ClipEmbedder, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -124,38 +120,3 @@ def log_truncation(query: str, n_truncated: int, n_prompts: int, context_length:
             n_prompts,
             context_length,
         )
-
-
-def query_direction_naive(
-    embedder: ClipEmbedder,
-    prompts: Sequence[str],
-    query: str,
-    *,
-    prompts_hash: str | None = None,
-    batch_size: int = 64,
-    progress: Progress | None = None,
-) -> QueryDirection:
-    """Reference query direction: encode all ``2 * len(prompts)`` texts in full.
-
-    ``prompts_hash`` identifies the prompt list in the result (defaults to
-    :func:`hash_prompts`). Progress counts encoded texts.
-    """
-    q = normalize_query(query)
-    prompts = check_prompts(prompts)
-    composed = [compose(p, q) for p in prompts]
-    _, truncated = embedder.tokenize(composed)
-    feats = embedder.text_features(prompts + composed, batch_size=batch_size, progress=progress)
-    n = len(prompts)
-    diffs = feats[n:].astype(np.float64) - feats[:n].astype(np.float64)
-    n_truncated = int(truncated.sum())
-    log_truncation(q, n_truncated, n, embedder.context_length)
-    return QueryDirection(
-        query=q,
-        direction=diffs.mean(axis=0).astype(np.float32),
-        n_prompts=n,
-        n_truncated=n_truncated,
-        query_tokens=len(embedder.bpe_ids(q)),
-        embedder_id=embedder.embedder_id,
-        prompts_hash=prompts_hash if prompts_hash is not None else hash_prompts(prompts),
-        method="naive",
-    )

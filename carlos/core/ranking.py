@@ -225,14 +225,6 @@ def rank_direction(
     )
 
 
-def view_cosine(view: CorpusView, direction: np.ndarray) -> np.ndarray:
-    """Cosine of every LoRA of ``view`` with ``direction`` (maps and plots; ranking uses the index)."""
-    q = _checked_direction(view, direction)
-    if len(view) == 0:
-        return np.zeros(0, dtype=np.float32)
-    return view.index.cosines(q)
-
-
 def similar(view: CorpusView, lora_id: str, *, thresholds: Thresholds, top_k: int = 10) -> SearchResult:
     """LoRAs whose Direction is closest (cosine) to ``lora_id``'s: 'behaves like …'."""
     i = view.row_of(lora_id)

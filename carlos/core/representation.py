@@ -186,20 +186,3 @@ class RunningSummary:
             consistency=cons,
             n=self.n,
         )
-
-
-def cosine_to(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Cosine of each row of ``matrix`` (n, d) with ``query`` (d,); zero rows score 0."""
-    m = np.asarray(matrix, dtype=np.float32)
-    q = np.asarray(query, dtype=np.float32).ravel()
-    if m.ndim != 2 or m.shape[1] != q.shape[0]:
-        raise InvalidInputError(f"cannot compare vectors of shape {m.shape} with a query of {q.shape}")
-    if not np.isfinite(q).all():
-        raise InvalidInputError("query direction contains NaN or inf")
-    qn = float(np.linalg.norm(q))
-    if qn <= ZERO_NORM:
-        raise InvalidInputError("query direction is the zero vector: it has no direction to match")
-    norms = np.linalg.norm(m, axis=1)
-    scores = (m @ q) / (np.maximum(norms, ZERO_NORM) * qn)
-    scores[norms <= ZERO_NORM] = 0.0
-    return scores

@@ -1,6 +1,6 @@
 """Risk reading of Strength (substantiality) and Consistency (volition).
 
-Pure pandas/numpy over a corpus frame (``Store.corpus_frame``): filter flags,
+Pure pandas/numpy over a corpus frame (``store.reps.corpus_frame``): filter flags,
 percentiles, risk classes and data-quality flags. No legal thresholds exist
 beyond the paper's retrieval filters, so the "review" region (strong *and*
 consistent) is a reviewer-set policy, defaulting to the upper quartile of both.
@@ -8,7 +8,7 @@ consistent) is a reviewer-set policy, defaulting to the upper quartile of both.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -59,9 +59,11 @@ def annotate(frame: pd.DataFrame, policy: RiskPolicy | None = None) -> pd.DataFr
         df["risk_class"] = pd.Series(dtype=str)
         df["flags"] = pd.Series(dtype=object)
         return df
-    df["too_strong"] = df["strength"] > t.strength_max if t.strength_max is not None else False
-    df["too_unstable"] = df["consistency"] < t.consistency_min if t.consistency_min is not None else False
-    df["retained"] = ~(df["too_strong"] | df["too_unstable"])
+    s, c = df["strength"].to_numpy(), df["consistency"].to_numpy()
+    # each filter on its own, through the one definition of "passes" (NaN fails: see Thresholds.keeps)
+    df["too_strong"] = ~replace(t, consistency_min=None).keeps(s, c)
+    df["too_unstable"] = ~replace(t, strength_max=None).keeps(s, c)
+    df["retained"] = t.keeps(s, c)
     df["strength_pct"] = percentile_rank(df["strength"])
     df["consistency_pct"] = percentile_rank(df["consistency"])
     kept = df[df["retained"]]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from carlos.core.index import DirectionIndex
+from carlos.core.index import DirectionIndex, Int8Kernel
 from carlos.core.risk import QUALITY_FLAGS, RiskPolicy, annotate, percentile_rank, quality_masks
 from carlos.errors import NotFoundError
 
@@ -22,9 +22,10 @@ class CorpusView:
     """LoRAs represented in one embedding space, rows aligned with ``matrix``."""
 
     embedder: str
-    frame: pd.DataFrame  # one row per LoRA (see Store.corpus_frame)
+    frame: pd.DataFrame  # one row per LoRA (see store.reps.corpus_frame)
     matrix: np.ndarray  # (n, dim) float32 directions, same order as frame
     data_version: int
+    int8: Int8Kernel | None = None  # stage-1 backend of the index; None: the float32 scan
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -71,7 +72,7 @@ class CorpusView:
     def index(self) -> DirectionIndex:
         """Exact filtered top-k over ``matrix`` (int8 first pass from 20k LoRAs on); built once per view."""
         strength, consistency = self.values
-        return DirectionIndex(np.ascontiguousarray(self.matrix, dtype=np.float32), strength, consistency)
+        return DirectionIndex(np.ascontiguousarray(self.matrix, dtype=np.float32), strength, consistency, int8=self.int8)
 
     def annotated(self, policy: RiskPolicy | None = None) -> pd.DataFrame:
         """Frame with flags, percentiles and risk classes under ``policy``."""

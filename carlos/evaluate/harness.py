@@ -1,11 +1,9 @@
-"""Evaluation of retrievers: the harness, diversity over ranking spans, and the reports.
+"""Evaluation of retrievers: the query set, the harness that runs every retriever, and the reports.
 
-Diversity (PAPER.md, "Evaluation", *ours*): over a query set Q and span k, let c(l)
-count how often LoRA l appears in the top-k lists and p(l) = c(l) / N with N the
-filled slots (N = |Q| k when every list is full). Normalized Entropy =
-H(p) / log(min(|L|, N)), with |L| the LoRAs the thresholds leave retrievable;
-Effective LoRA Count = exp(H(p)). BM25 hits of score 0 (no query term in the text)
-are not results: their order is arbitrary, so they do not fill slots.
+The harness runs each retriever over the evaluation queries and measures the diversity of
+its rankings at every span (the metrics are :mod:`carlos.evaluate.diversity`). BM25 hits of
+score 0 (no query term in the text) are not results: their order is arbitrary, so they do
+not fill slots.
 
 Relevance (the judge and the paper's top-3 protocol) is :mod:`carlos.evaluate.relevance`;
 :func:`evaluate` runs it over the finished rankings and reports it alongside.
@@ -23,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from carlos.config import REPO_ROOT, Thresholds
+from carlos.config import CORPUS_EMBEDDER, REPO_ROOT, Thresholds
 from carlos.errors import CarlosError, InvalidInputError
+from carlos.evaluate.diversity import Diversity, diversity
 from carlos.evaluate.relevance import RelevanceJudge, RelevanceReport, judged_relevance
 
 SPANS = (1, 3, 5, 10, 20)
@@ -102,70 +100,6 @@ def load_queries(path: str | Path | None = None, *, categories: Sequence[str] | 
     return QuerySet(id=str(data["id"]), queries=tuple(out), content_hash=digest)
 
 
-# ---------------------------------------------------------------------------- metrics (pure)
-@dataclass(frozen=True)
-class Diversity:
-    """Diversity of a set of ranked lists at one span."""
-
-    span: int
-    normalized_entropy: float  # NaN when min(|L|, N) <= 1: no spread is possible
-    effective_lora_count: float
-    distinct_loras: int
-    filled_slots: int  # N: hits counted (|Q| k when every list is full)
-    slots: int  # |Q| k
-    n_lists: int
-
-
-def span_counts(rankings: Sequence[Sequence[str]], k: int) -> Counter:
-    """c(l): how often each LoRA appears in the first ``k`` entries of the lists."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidInputError(f"span k must be a positive int, got {k!r}")
-    counts: Counter = Counter()
-    for ranked in rankings:
-        top = list(ranked)[:k]
-        if len(set(top)) != len(top):
-            raise InvalidInputError(f"a ranked list repeats a LoRA: {top}")
-        counts.update(top)
-    return counts
-
-
-def entropy(counts: Mapping[Any, int]) -> float:
-    """Shannon entropy (nats) of the distribution ``c / sum(c)``; 0 for no counts."""
-    c = np.asarray([v for v in counts.values() if v > 0], dtype=np.float64)
-    if c.size == 0:
-        return 0.0
-    p = c / c.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-def diversity(rankings: Sequence[Sequence[str]], k: int, pool_size: int) -> Diversity:
-    """Normalized Entropy and Effective LoRA Count of ``rankings`` at span ``k``."""
-    if isinstance(pool_size, bool) or not isinstance(pool_size, (int, np.integer)) or pool_size < 0:
-        raise InvalidInputError(f"pool_size must be a non-negative int, got {pool_size!r}")
-    counts = span_counts(rankings, k)
-    n = sum(counts.values())
-    h = entropy(counts)
-    cap = min(int(pool_size), n)
-    ne = h / math.log(cap) if cap > 1 else float("nan")
-    return Diversity(
-        span=k,
-        normalized_entropy=ne,
-        effective_lora_count=math.exp(h) if n else 0.0,
-        distinct_loras=len(counts),
-        filled_slots=n,
-        slots=len(rankings) * k,
-        n_lists=len(rankings),
-    )
-
-
-def normalized_entropy(rankings: Sequence[Sequence[str]], k: int, pool_size: int) -> float:
-    return diversity(rankings, k, pool_size).normalized_entropy
-
-
-def effective_lora_count(rankings: Sequence[Sequence[str]], k: int) -> float:
-    return math.exp(entropy(span_counts(rankings, k)))
-
-
 # ---------------------------------------------------------------------------- harness
 @dataclass(frozen=True)
 class EvalConfig:
@@ -173,7 +107,7 @@ class EvalConfig:
     spans: tuple[int, ...] = SPANS
     thresholds: Thresholds = field(default_factory=Thresholds)
     include_carlos: bool = True  # run (or report unavailable) the CARLoS retriever too
-    clip_model: str = "ViT-B-32/openai"
+    clip_model: str = CORPUS_EMBEDDER
     clip_checkpoint: str | None = None
     text_model: str | None = None
     judge_top: int = 3

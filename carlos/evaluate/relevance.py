@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from carlos.config import CORPUS_EMBEDDER
 from carlos.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def _load_default_judge() -> ClipImageJudge:
     firsts: dict[str, str] = {}
     for p in pset.query_prompts:
         firsts.setdefault(p.category, p.text)
-    return ClipImageJudge(DiffusionBackend("sdxl"), load_clip("ViT-B-32/openai"), list(firsts.values())[:4])
+    return ClipImageJudge(DiffusionBackend("sdxl"), load_clip(CORPUS_EMBEDDER), list(firsts.values())[:4])
 
 
 # ---------------------------------------------------------------------------- protocol
@@ -146,7 +147,7 @@ def relevance_top_k(store: Any, runs: Sequence[RankedRun], judge: RelevanceJudge
         for query, ranked in run.rankings.items():
             for rank, lid in enumerate(ranked[:top], start=1):
                 if lid not in lora_cache:
-                    lora_cache[lid] = store.get_lora(lid)
+                    lora_cache[lid] = store.loras.get(lid)
                 rows.append(
                     {"retriever": run.name, "query": query, "rank": rank, "lora_id": lid, "raw": judge.score(query, lora_cache[lid])}
                 )
@@ -193,7 +194,7 @@ def judged_relevance(store: Any, runs: Sequence[RankedRun], judge: Any, top: int
         if not ok:
             return RelevanceReport(False, why)
         ids = {lid for r in runs if r.available for ranked in r.rankings.values() for lid in ranked[:top]}
-        with_files = [i for i in ids if (p := store.get_lora(i).get("file_path")) and Path(p).is_file()]
+        with_files = [i for i in ids if (p := store.loras.get(i).get("file_path")) and Path(p).is_file()]
         if not with_files:
             return RelevanceReport(
                 False,

@@ -1,30 +1,22 @@
-"""What a LoRA file's tensors are: adapter format, modules, ranks, base model, metadata.
+"""What a LoRA file's tensors are: adapter format, modules and ranks, from key names and shapes.
 
 Works on the parsed safetensors header only (names, dtypes, shapes), never on tensor
-values, so it is cheap and needs no torch. Key names follow kohya sd-scripts
-(``lora_unet_*.lora_down.weight``), diffusers/PEFT (``unet.*.lora_A.weight``) and LyCORIS
-(``*.hada_w1_a``, ``*.lokr_w1``). Base models are told apart by layer widths that only one
-family has: SDXL's cross-attention reads 2048-wide text embeddings (768 in SD 1.5, 1024 in
-SD 2.x), and only SDXL has two text encoders in a UNet model.
+values, so it is cheap and needs no torch. This module owns the key-name conventions:
+kohya sd-scripts (``lora_unet_*.lora_down.weight``), diffusers/PEFT (``unet.*.lora_A.weight``)
+and LyCORIS (``*.hada_w1_a``, ``*.lokr_w1``), grouping tensors into the :class:`Module`
+each patches and checking that every module is complete. Which base model the modules
+fit is :mod:`carlos.files.base_model`; the training metadata is :mod:`carlos.files.metadata`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from carlos.errors import InvalidLoRAFileError
-
-#: Display names of the base-model families, used in messages.
-FAMILY_NAMES = {"sdxl": "SDXL", "sd15": "SD 1.5", "sd2": "SD 2.x", "flux": "Flux", "unknown": "an unknown base model"}
-#: Cross-attention (text embedding) width, and text-encoder width, of each UNet family.
-_CONTEXT_DIMS = {2048: "sdxl", 768: "sd15", 1024: "sd2"}
-_TEXT_WIDTHS = {768: "sd15", 1024: "sd2"}
 
 
 @dataclass(frozen=True)
@@ -56,13 +48,6 @@ class KeyAnalysis:
     format: str
     modules: tuple[Module, ...]
     warnings: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class FamilyGuess:
-    family: str  # a key of FAMILY_NAMES
-    reason: str  # the evidence, for messages ("cross-attention dim 2048")
-    notes: tuple[str, ...]  # evidence that disagrees with the decision
 
 
 # suffix -> (kind, role); kind None: the tensor belongs to any kind of module.
@@ -257,212 +242,3 @@ def _no_lora_message(keys: list[str]) -> str:
         "unrecognised LoRA format: expected kohya (lora_unet_*.lora_down.weight), diffusers/PEFT (*.lora_A.weight, "
         f"*.lora.down.weight) or LyCORIS LoHa/LoKr (*.hada_w1_a, *.lokr_w1) keys; found e.g. {example}"
     )
-
-
-# --- base model -----------------------------------------------------------------------------
-
-_FLUX_MARKERS = ("single_transformer_blocks", "double_blocks", "single_blocks")
-_SDXL_LAYOUT = (  # attention where only SDXL's UNet has it
-    (re.compile(r"transformer_blocks_([1-9]\d*)_"), "UNet transformer depth > 1"),
-    (re.compile(r"^up_blocks_0_attentions_"), "attention in up_blocks.0"),
-    (re.compile(r"^output_blocks_[0-2]_1_(transformer_blocks|proj_|norm)"), "attention in output_blocks 0-2"),
-)
-_SD12_LAYOUT = (  # attention where only SD 1.x/2.x UNets have it
-    (re.compile(r"^down_blocks_0_attentions_"), "attention in down_blocks.0"),
-    (re.compile(r"^up_blocks_3_attentions_"), "attention in up_blocks.3"),
-    (re.compile(r"^input_blocks_[12]_1_"), "attention in input_blocks 1-2"),
-    (re.compile(r"^output_blocks_(9|10|11)_1_"), "attention in output_blocks 9-11"),
-)
-_CONTEXT_LAYER = re.compile(r"attn2_to_[kv]$")  # input width = text-embedding width
-_QUERY_LAYER = re.compile(r"attn[12]_to_q$")  # input width = channels of the block
-_TEXT_LAYER = re.compile(r"(self_attn_(q|k|v|out)_proj|mlp_fc1)$")  # input width = encoder width
-
-
-def detect_base_family(modules: tuple[Module, ...], sdxl_context_dims: Collection[int] = (2048,)) -> FamilyGuess:
-    """Which base model the adapter was trained for, from layer names and widths.
-
-    ``sdxl_context_dims`` are the cross-attention widths taken as SDXL: 2048 for the real
-    model; a test backend adds its tiny model's width.
-    """
-    comps = {m.component for m in modules}
-    paths = [m.path for m in modules]
-    flux = [p for p in paths if any(marker in p for marker in _FLUX_MARKERS)]
-    if flux or any(m.name.startswith("lora_transformer_") for m in modules):
-        return FamilyGuess("flux", "Flux transformer blocks, e.g. " + (flux or [modules[0].name])[0], ())
-    if "te3" in comps or any("joint_blocks" in p or "context_block" in p for p in paths):
-        return FamilyGuess("unknown", "SD 3-style MMDiT keys (joint blocks / third text encoder)", ())
-    if "transformer" in comps:
-        return FamilyGuess("unknown", "diffusion-transformer keys that are not Flux", ())
-    unet = [m for m in modules if m.component == "unet"]
-    ctx = sorted({m.in_features for m in unet if _CONTEXT_LAYER.search(m.path) and m.in_features})
-    two_te = bool({"te1", "te2"} & comps)
-    te_dims = sorted({m.in_features for m in modules if m.component == "te" and _TEXT_LAYER.search(m.path)} - {None})
-    sdxl_layout = [why for m in unet for rx, why in _SDXL_LAYOUT if rx.search(m.path)]
-    sd12_layout = [why for m in unet for rx, why in _SD12_LAYOUT if rx.search(m.path)]
-    sd12_layout += ["320-channel attention" for m in unet if _QUERY_LAYER.search(m.path) and m.in_features == 320]
-    if len(ctx) > 1:
-        family, reason = "unknown", f"inconsistent cross-attention dims {ctx}"
-    elif ctx:
-        known = {**_CONTEXT_DIMS, **{int(d): "sdxl" for d in sdxl_context_dims}}
-        family, reason = known.get(ctx[0], "unknown"), f"cross-attention dim {ctx[0]}"
-        reason += ", as in the SDXL refiner" if ctx[0] == 1280 else ""
-    elif two_te:
-        family, reason = "sdxl", "two text encoders (te1/te2)"
-    elif len(te_dims) == 1 and te_dims[0] in _TEXT_WIDTHS:
-        family, reason = _TEXT_WIDTHS[te_dims[0]], f"text-encoder width {te_dims[0]}"
-    elif sdxl_layout and not sd12_layout:
-        family, reason = "sdxl", f"SDXL UNet layout ({sdxl_layout[0]})"
-    elif sd12_layout and not sdxl_layout:
-        family, reason = "unknown", f"SD 1.x/2.x UNet layout ({sd12_layout[0]})"
-    else:
-        family, reason = "unknown", "no layer whose width identifies the base model"
-    notes = []
-    if family == "sdxl" and sd12_layout:
-        notes.append(f"{reason} says SDXL but the UNet has an SD 1.x/2.x layout ({sd12_layout[0]})")
-    if family in ("sd15", "sd2") and (two_te or sdxl_layout):
-        why = "two text encoders" if two_te else sdxl_layout[0]
-        notes.append(f"{reason} says {FAMILY_NAMES[family]} but the file has {why}, as SDXL does")
-    if family in ("sd15", "sd2") and te_dims and _TEXT_WIDTHS.get(te_dims[0]) != family:
-        notes.append(f"{reason} says {FAMILY_NAMES[family]} but the text encoder is {te_dims[0]} wide")
-    return FamilyGuess(family, reason, tuple(notes))
-
-
-# --- metadata -------------------------------------------------------------------------------
-
-
-def _as_int(value: str) -> int:
-    if not float(value).is_integer():
-        raise ValueError(value)
-    return int(float(value))
-
-
-def _as_bool(value: str) -> bool:
-    return {"true": True, "false": False}[value.strip().lower()]
-
-
-def _as_resolution(value: str) -> list[int]:
-    found = re.fullmatch(r"\s*[(\[]?\s*(\d+)\s*(?:[,x]\s*(\d+))?\s*[)\]]?\s*", value)
-    if not found:
-        raise ValueError(value)
-    return [int(found[1]), int(found[2] or found[1])]
-
-
-#: The training fields a reviewer wants, with how to read each one.
-_REVIEW_FIELDS: dict[str, Callable[[str], Any]] = {
-    "ss_base_model_version": str,
-    "ss_sd_model_name": str,
-    "ss_output_name": str,
-    "ss_resolution": _as_resolution,
-    "ss_network_dim": _as_int,
-    "ss_network_alpha": float,
-    "ss_network_module": str,
-    "ss_network_args": json.loads,
-    "ss_v2": _as_bool,
-    "ss_num_train_images": _as_int,
-    "ss_num_epochs": _as_int,
-    "ss_max_train_steps": _as_int,
-    "ss_learning_rate": float,
-    "ss_clip_skip": _as_int,
-    "ss_training_comment": str,
-    "modelspec.architecture": str,
-    "modelspec.title": str,
-    "modelspec.trigger_phrase": str,
-    "modelspec.description": str,
-    "modelspec.author": str,
-    "modelspec.date": str,
-    "modelspec.tags": str,
-}
-_TOP_TAGS = 20
-
-
-def _present(value: Any) -> bool:
-    return not (value is None or isinstance(value, str) and value.strip() in ("", "None"))
-
-
-def summarize_metadata(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The reviewer fields of ``__metadata__``, parsed; malformed values stay raw with a warning."""
-    summary: dict[str, Any] = {}
-    warnings: list[str] = []
-    for key, parse in _REVIEW_FIELDS.items():
-        value = raw.get(key)
-        if not _present(value):
-            continue
-        summary[key] = value  # non-strings were already warned about by the header parser
-        if isinstance(value, str) and not (key == "ss_network_dim" and value.strip().lower() == "dynamic"):
-            try:  # "dynamic" is written by kohya's resize script for mixed ranks
-                summary[key] = parse(value)
-            except (ValueError, KeyError, RecursionError):
-                warnings.append(f"metadata {key}={show(value, 60)} could not be parsed; kept as text")
-    tags, tag_warning = _top_tags(raw)
-    warnings += [tag_warning] if tag_warning else []
-    if tags:
-        summary["top_tags"] = tags
-    return summary, warnings
-
-
-def _top_tags(raw: Mapping[str, Any]) -> tuple[list[list[Any]], str | None]:
-    """Most frequent training-caption tags from ``ss_tag_frequency`` (or ``ss_datasets``)."""
-    key = "ss_tag_frequency" if "ss_tag_frequency" in raw else "ss_datasets"
-    text = raw.get(key)
-    if not isinstance(text, str) or not _present(text):
-        return [], None
-    try:
-        parsed = json.loads(text)
-    except (ValueError, RecursionError):
-        return [], f"metadata {key} is not valid JSON; kept as text"
-    if isinstance(parsed, list):  # ss_datasets: one dict per dataset
-        sources = [d.get("tag_frequency") for d in parsed if isinstance(d, dict)]
-    else:  # ss_tag_frequency: {dataset folder: {tag: count}}
-        sources = list(parsed.values()) if isinstance(parsed, dict) else []
-    counts: Counter[str] = Counter()
-    for freq in sources:
-        for tag, count in freq.items() if isinstance(freq, dict) else ():
-            if isinstance(count, (int, float)) and not isinstance(count, bool) and tag.strip():
-                counts[tag.strip()] += int(count)
-    if not counts and parsed:
-        return [], f"metadata {key} has no tag counts in the expected layout; kept as text"
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:_TOP_TAGS]
-    return [[tag, n] for tag, n in ranked], None
-
-
-def family_from_text(value: str) -> str:
-    """Family key for a declared base-model string (kohya or modelspec spelling)."""
-    v = value.lower()
-    if "refiner" in v:
-        return "unknown"
-    if "sdxl" in v or "stable-diffusion-xl" in v or "sd_xl" in v:
-        return "sdxl"
-    if "flux" in v:
-        return "flux"
-    if re.search(r"stable-diffusion-v1|sd_?v1|sd-?1[._-]?5|^sd1", v):
-        return "sd15"
-    if re.search(r"stable-diffusion-v2|sd_?v2|sd-?2[._-]?[01]|^sd2", v):
-        return "sd2"
-    return "unknown"
-
-
-def declared_base(raw: Mapping[str, Any]) -> tuple[str | None, str | None, list[str]]:
-    """(family, "field='value'", disagreements) the metadata declares, if any."""
-    found = [
-        (family_from_text(raw[key]), f"{key}={show(raw[key], 60)}")
-        for key in ("modelspec.architecture", "ss_base_model_version")
-        if isinstance(raw.get(key), str) and _present(raw[key])
-    ]
-    if not found and str(raw.get("ss_v2")).strip().lower() == "true":  # kohya's SD 2.x flag
-        found.append(("sd2", "ss_v2='True'"))
-    if not found:
-        return None, None, []
-    known = [f for f in found if f[0] != "unknown"]
-    disagree = []
-    if len({f for f, _ in known}) > 1:
-        disagree.append("metadata fields disagree on the base model: " + ", ".join(s for _, s in found))
-    family, source = (known or found)[0]
-    return family, source, disagree
-
-
-def suggest_trigger_words(summary: Mapping[str, Any], limit: int = 5) -> list[str]:
-    """Words to put in prompts: the declared trigger phrase, else the most frequent tags."""
-    phrase = summary.get("modelspec.trigger_phrase")
-    if isinstance(phrase, str) and phrase.strip():
-        return list(dict.fromkeys(w.strip() for w in phrase.split(",") if w.strip()))
-    return [tag for tag, _ in summary.get("top_tags", [])[:limit]]

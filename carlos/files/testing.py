@@ -4,7 +4,7 @@ Real SDXL LoRAs come in two layouts: kohya-ss (``lora_unet_input_blocks_4_1_...`
 module names of the original SGM UNet, plus ``lora_te1_`` / ``lora_te2_`` for the two text
 encoders, ``.lora_down`` / ``.lora_up`` / ``.alpha`` tensors and ``ss_*`` metadata) and
 diffusers/PEFT (``unet.down_blocks.1.attentions.0....lora_A.weight``). The files written
-here have the shapes of :data:`carlos.models.tiny_sdxl.TINY_SDXL`, so diffusers'
+here have the shapes of :data:`carlos.models.sdxl_arch.TINY_SDXL`, so diffusers'
 ``load_lora_weights`` accepts them on the tiny pipeline and they change its images. Their
 cross-attention context width is not SDXL's 2048, so they carry the metadata marker
 ``carlos_test_lora = "tiny-sdxl"`` for a validator to recognise them.
@@ -37,7 +37,8 @@ def _linear_layers() -> dict[str, list[tuple[str, int, int]]]:
     """(module name, in_features, out_features) of the LoRA targets of the tiny networks."""
     import torch
 
-    from carlos.models.tiny_sdxl import TINY_SDXL, build_networks
+    from carlos.models.sdxl_arch import TINY_SDXL
+    from carlos.models.tiny_sdxl import build_networks
 
     with torch.device("meta"):
         nets = build_networks(TINY_SDXL)
@@ -107,7 +108,7 @@ def make_test_lora(
     import torch
     from safetensors.torch import save_file
 
-    from carlos.models.tiny_sdxl import TINY_SDXL
+    from carlos.models.sdxl_arch import TINY_SDXL
 
     if layout not in LAYOUTS:
         raise InvalidInputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")

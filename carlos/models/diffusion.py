@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from carlos.errors import InvalidInputError, InvalidLoRAFileError
-from carlos.models.sdxl_loader import _real_sdxl_loader
+from carlos.models.sdxl_loader import real_sdxl_loader
 from carlos.models.tiny_sdxl import (
     CPU_EFFICIENCY,
     SDXL_UNET_TFLOP_PER_EVAL_1024,
@@ -82,14 +82,16 @@ class BackendSpec:
 
 
 def _tiny_loader(*, seed: int, device: str, dtype: Any, cache_dir: Any, **_: Any) -> tuple[Any, str]:
-    from carlos.models.tiny_sdxl import TINY_SDXL, build_sdxl_pipeline
+    from carlos.models.sdxl_arch import TINY_SDXL
+    from carlos.models.tiny_sdxl import build_sdxl_pipeline
 
     pipe = build_sdxl_pipeline(TINY_SDXL, seed=seed, device=device, dtype=dtype, tokenizer_cache=cache_dir)
     return pipe, f"tiny-sdxl/seed{seed}"
 
 
 def _random_sdxl_loader(*, seed: int, device: str, dtype: Any, cache_dir: Any, **_: Any) -> tuple[Any, str]:
-    from carlos.models.tiny_sdxl import SDXL_BASE_1_0, build_sdxl_pipeline
+    from carlos.models.sdxl_arch import SDXL_BASE_1_0
+    from carlos.models.tiny_sdxl import build_sdxl_pipeline
 
     on_gpu = not device.startswith("cpu")
     pipe = build_sdxl_pipeline(SDXL_BASE_1_0, seed=seed, device=device, dtype=dtype, tokenizer_cache=cache_dir, init_on_device=on_gpu)
@@ -111,7 +113,7 @@ _BACKENDS: dict[str, BackendSpec] = {
             "Stable Diffusion XL base 1.0 (the paper's backbone): 25 steps, 1024x1024, guidance 5.0",
             DiffusionSettings(steps=25, guidance_scale=5.0, height=1024, width=1024),
             needs_weights=True,
-            loader=_real_sdxl_loader,
+            loader=real_sdxl_loader,
         ),
         BackendSpec(
             "sdxl-random",

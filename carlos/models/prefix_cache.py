@@ -8,7 +8,7 @@ computed once per (embedder, prompt list) and a query then only runs its
 claim: for every prompt the composed text is tokenized exactly as the plain path
 would (truncation included) and only the *longest common prefix* with the cached
 tokens is reused; whatever differs is recomputed. So the result equals
-:func:`carlos.core.query.query_direction_naive` up to float rounding, always.
+:func:`carlos.search.query.query_direction_naive` up to float rounding, always.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def check_supported(embedder: ClipEmbedder) -> None:
     import torch.nn as nn
     from open_clip.transformer import ResidualAttentionBlock
 
-    model = embedder._model
+    model = embedder.model
     problems = []
     if not hasattr(model, "token_embedding") or not hasattr(model, "transformer"):
         problems.append("not an open_clip CLIP with a built-in text transformer")
@@ -76,7 +76,8 @@ def check_supported(embedder: ClipEmbedder) -> None:
                 break
     if problems:
         raise InvalidInputError(
-            f"the KV cache cannot serve {embedder.embedder_id}: {'; '.join(problems)}; use carlos.core.query.query_direction_naive instead"
+            f"the KV cache cannot serve {embedder.embedder_id}: {'; '.join(problems)}; "
+            "use carlos.search.query.query_direction_naive instead"
         )
 
 
@@ -179,7 +180,7 @@ def build_prefix_cache(
 
     check_supported(embedder)
     prompts = check_prompts(prompts)
-    model, device = embedder._model, embedder.device
+    model, device = embedder.model, embedder.device
     ids = [embedder.token_ids(p) for p in prompts]
     n_trunc = sum(t for _, t in ids)
     if n_trunc:
@@ -254,12 +255,12 @@ def _run_chunk(model: Any, chunk: _Chunk, sel: list[int], news: list[list[int]],
 
 
 def query_direction_cached(cache: PrefixCache, query: str) -> QueryDirection:
-    """The query direction of :func:`carlos.core.query.query_direction_naive`, via the prefix cache."""
+    """The query direction of :func:`carlos.search.query.query_direction_naive`, via the prefix cache."""
     import torch
 
     q = normalize_query(query)
     embedder = cache.embedder
-    model, device, ctx = embedder._model, embedder.device, embedder.context_length
+    model, device, ctx = embedder.model, embedder.device, embedder.context_length
     composed_feats = cache.base_features.copy()  # a prompt the query cannot change keeps t(p)
     n_truncated = n_reencoded = 0
     with torch.inference_mode():

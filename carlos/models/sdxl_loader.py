@@ -40,7 +40,7 @@ def sdxl_weights_help(cache: Path) -> str:
     )
 
 
-def _real_sdxl_loader(
+def real_sdxl_loader(
     *, device: str, dtype: Any, weights: Any, sdxl_config: Any, allow_download: bool, cache_dir: Any, **_: Any
 ) -> tuple[Any, str]:
     """SDXL base 1.0 from a hub id (offline cache first), a diffusers folder or a single file."""
@@ -48,7 +48,7 @@ def _real_sdxl_loader(
     from diffusers import StableDiffusionXLPipeline
 
     from carlos.errors import WeightsUnavailableError
-    from carlos.models.clip import hf_hub_cache_dir
+    from carlos.models.clip_registry import hf_hub_cache_dir
 
     cache = hf_hub_cache_dir()
     if weights is None and os.environ.get(WEIGHTS_ENV):
@@ -117,6 +117,7 @@ def _single_file_config(sdxl_config: Any, cache: Path, cache_dir: Any) -> str:
         from huggingface_hub import snapshot_download
 
         return snapshot_download(SDXL_REPO_ID, cache_dir=str(cache), local_files_only=True, allow_patterns=["*.json", "*.txt"])
-    from carlos.models.tiny_sdxl import SDXL_BASE_1_0, write_diffusers_configs
+    from carlos.models.sdxl_arch import SDXL_BASE_1_0
+    from carlos.models.tiny_sdxl import write_diffusers_configs
 
     return str(write_diffusers_configs(SDXL_BASE_1_0, tokenizer_cache=cache_dir))

@@ -1,4 +1,4 @@
-"""Review workflow: claims, decisions (append-only), thresholds, queue, exports, access.
+"""Review workflow: claims, decisions (append-only), thresholds, queue, exports (who may write: :mod:`carlos.review.access`).
 
 A reviewer claims an item before deciding, so two reviewers never act on the
 same LoRA unknowingly; every decision records who, when, and status before →
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -25,24 +24,6 @@ OPEN_STATUSES = ("flagged", "escalated")
 MAX_NOTE = 4000
 
 
-@dataclass(frozen=True)
-class AccessPolicy:
-    """Who may write. ``reviewers=None``: everyone who is signed in (local single-user mode)."""
-
-    reviewers: frozenset[str] | None = None
-
-    def can_write(self, user: str | None) -> bool:
-        if not user:
-            return False
-        return self.reviewers is None or user.strip().lower() in self.reviewers
-
-    @classmethod
-    def from_list(cls, names: Iterable[str] | None) -> AccessPolicy:
-        if names is None:
-            return cls(None)
-        return cls(frozenset(n.strip().lower() for n in names if n and n.strip()))
-
-
 def _check_reviewer(reviewer: str) -> str:
     if not reviewer or not reviewer.strip():
         raise InvalidInputError("a decision needs a reviewer name")
@@ -50,20 +31,35 @@ def _check_reviewer(reviewer: str) -> str:
 
 
 def status_of(store: Store, lora_id: str) -> str:
-    return store.status_of(lora_id) or "unreviewed"
+    return store.review.status_of(lora_id) or "unreviewed"
+
+
+def claim_holder(store: Store, lora_id: str) -> str | None:
+    """Who holds the claim on this LoRA, or None."""
+    return store.review.claim_holder(lora_id)
+
+
+def history(store: Store, lora_id: str | None = None, *, limit: int | None = None) -> pd.DataFrame:
+    """Decisions, newest first: of one LoRA, or the whole audit log."""
+    return store.review.decisions(lora_id, limit=limit)
+
+
+def threshold_history(store: Store, *, limit: int = 50) -> pd.DataFrame:
+    """Saved thresholds with who saved them and when, newest first."""
+    return store.review.threshold_history(limit=limit)
 
 
 def claim(store: Store, lora_id: str, reviewer: str) -> None:
     """Claim an item or raise PermissionDeniedError naming who holds it."""
     reviewer = _check_reviewer(reviewer)
-    store.resolve_lora_id(lora_id)
-    holder = store.claim(lora_id, reviewer)
+    store.loras.resolve(lora_id)
+    holder = store.review.claim(lora_id, reviewer)
     if holder != reviewer:
         raise PermissionDeniedError(f"{lora_id} is claimed by {holder}; ask them or wait for release")
 
 
 def release(store: Store, lora_id: str, reviewer: str) -> None:
-    store.release_claim(lora_id, _check_reviewer(reviewer))
+    store.review.release_claim(lora_id, _check_reviewer(reviewer))
 
 
 def decide(
@@ -82,16 +78,16 @@ def decide(
         raise InvalidInputError(f"unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
     if note is not None and len(note) > MAX_NOTE:
         raise InvalidInputError(f"note is {len(note)} characters; keep it under {MAX_NOTE}")
-    lora_id = store.resolve_lora_id(lora_id)
+    lora_id = store.loras.resolve(lora_id)
     with store.transaction():
-        holder = store.claim_holder(lora_id)
+        holder = store.review.claim_holder(lora_id)
         if holder is not None and holder != reviewer:
             raise PermissionDeniedError(f"{lora_id} is claimed by {holder}; they must release it first")
         if require_claim and holder is None:
             raise PermissionDeniedError(f"claim {lora_id} before deciding on it")
         before = status_of(store, lora_id)
-        decision = store.append_decision(lora_id, reviewer, action, before, ACTIONS[action], note)
-        store.release_claim(lora_id)
+        decision = store.review.append_decision(lora_id, reviewer, action, before, ACTIONS[action], note)
+        store.review.release_claim(lora_id)
     return decision
 
 
@@ -100,7 +96,7 @@ def bulk_flag(store: Store, lora_ids: Iterable[str], reviewer: str, note: str | 
     reviewer = _check_reviewer(reviewer)
     done, skipped = [], []
     for lid in dict.fromkeys(lora_ids):
-        holder = store.claim_holder(lid)
+        holder = store.review.claim_holder(lid)
         if holder not in (None, reviewer):
             skipped.append((lid, f"claimed by {holder}"))
             continue
@@ -114,7 +110,7 @@ def bulk_flag(store: Store, lora_ids: Iterable[str], reviewer: str, note: str | 
 
 def current_thresholds(store: Store) -> Thresholds:
     """The latest reviewer-set thresholds, else the paper's."""
-    hist = store.threshold_history(limit=1)
+    hist = store.review.threshold_history(limit=1)
     if hist.empty:
         return Thresholds()
     row = hist.iloc[0]
@@ -123,12 +119,12 @@ def current_thresholds(store: Store) -> Thresholds:
 
 
 def set_thresholds(store: Store, thresholds: Thresholds, reviewer: str, note: str | None = None) -> int:
-    return store.record_thresholds(thresholds.strength_max, thresholds.consistency_min, _check_reviewer(reviewer), note)
+    return store.review.record_thresholds(thresholds.strength_max, thresholds.consistency_min, _check_reviewer(reviewer), note)
 
 
 def status_frame(store: Store, view: CorpusView) -> pd.DataFrame:
     """Per LoRA of ``view``: status, last reviewer/time/note and claim holder."""
-    st = store.current_statuses()
+    st = store.review.current_statuses()
     df = view.frame[["lora_id", "name", "strength", "consistency", "sha256"]].merge(st, on="lora_id", how="left")
     df["status"] = df["status"].fillna("unreviewed")
     return df
@@ -171,7 +167,7 @@ def review_queue(
 
 def export_audit_log(store: Store, fmt: str) -> bytes:
     """The whole audit log as CSV or Parquet bytes."""
-    log = store.decisions()
+    log = store.review.decisions()
     if fmt == "csv":
         return log.to_csv(index=False).encode("utf-8")
     if fmt == "parquet":

@@ -50,7 +50,7 @@ def clip_weights(embedder: str = CORPUS_EMBEDDER, checkpoint: str | None = None)
     """Whether the CLIP weights of ``embedder`` resolve offline (path, env var, HF cache);
     random-weight models (tiny, benchmarks) always do."""
     from carlos.errors import CarlosError
-    from carlos.models.clip import get_clip_spec, resolve_clip_checkpoint
+    from carlos.models.clip_registry import get_clip_spec, resolve_clip_checkpoint
 
     name = f"CLIP {embedder} weights"
     try:
@@ -98,7 +98,7 @@ def text_model(model: str | None = None) -> Capability:
     another sentence-transformers ``model`` resolved offline."""
     if model is not None:
         from carlos.errors import CarlosError
-        from carlos.models.textual import resolve_text_model
+        from carlos.models.sentence import resolve_text_model
 
         try:
             path, model_id = resolve_text_model(model)
@@ -143,7 +143,7 @@ def sdxl_weights() -> Capability:
     import os
     from pathlib import Path
 
-    from carlos.models.clip import hf_hub_cache_dir
+    from carlos.models.clip_registry import hf_hub_cache_dir
     from carlos.models.sdxl_loader import SDXL_REPO_ID, WEIGHTS_ENV, in_hf_cache
 
     name = "SDXL base 1.0 weights"

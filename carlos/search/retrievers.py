@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from carlos.config import Thresholds
+from carlos.config import CORPUS_EMBEDDER, DEFAULT_PROMPT_SET, Thresholds
 from carlos.core.ranking import check_top_k
 from carlos.errors import InvalidInputError
 
@@ -27,9 +27,9 @@ class SearchConfig:
     retriever: str = "carlos"
     top_k: int = 10
     thresholds: Thresholds = field(default_factory=Thresholds)
-    clip_model: str = "ViT-B-32/openai"  # registry name in carlos.models.clip
+    clip_model: str = CORPUS_EMBEDDER  # registry name in carlos.models.clip_registry
     clip_checkpoint: str | None = None  # explicit weights file for the real model
-    prompt_set: str = "carlos-prompts-v1"  # query prompts P' come from its 'query' split
+    prompt_set: str = DEFAULT_PROMPT_SET  # query prompts P' come from its 'query' split
     text_model: str | None = None  # sentence-transformers model; None: offline MiniLM
     seeds: int = 8  # behaviour search: how many textual hits seed the direction
     seed_min_cos: float = 0.0  # behaviour search: seeds below this cosine to the mean are trimmed

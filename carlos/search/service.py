@@ -31,7 +31,7 @@ from carlos.core.ranking import SearchResult, rank, rank_direction
 from carlos.core.view import CorpusView
 from carlos.errors import WeightsUnavailableError
 from carlos.search.retrievers import LABELS, RetrieverStatus, SearchConfig
-from carlos.store.catalog import load_view
+from carlos.search.views import corpus_view
 from carlos.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class SearchService:
         q = normalize_query(query)
         if config.retriever == "carlos":
             return self._search_carlos(q, config)
-        view = load_view(self.store, CORPUS_EMBEDDER)
+        view = corpus_view(self.store, CORPUS_EMBEDDER)
         if config.retriever == "bm25":
             scores = self.bm25_scores(view, q)
             return rank(view, scores, retriever="bm25", query=q, thresholds=config.thresholds, top_k=config.top_k)
@@ -133,7 +133,7 @@ class SearchService:
                 self._memo.move_to_end(key)
                 self.stats["query_cache_hits"] += 1
                 return self._memo[key]
-        cached = self.store.get_cached_vector("query-direction", key)
+        cached = self.store.caches.get_vector("query-direction", key)
         if cached is not None and cached[1].get("query") == q:
             vec, info = cached
             qd = QueryDirection(
@@ -166,7 +166,7 @@ class SearchService:
                 "n_reencoded": qd.n_reencoded,
                 "prompt_set": pset.id,
             }
-            self.store.put_cached_vector("query-direction", key, qd.direction, info)
+            self.store.caches.put_vector("query-direction", key, qd.direction, info)
             self.stats["query_cache_misses"] += 1
         with self._lock:
             self._memo[key] = qd
@@ -176,7 +176,7 @@ class SearchService:
 
     def _search_carlos(self, q: str, config: SearchConfig) -> SearchResult:
         clip = self.clip(config)
-        view = load_view(self.store, clip.embedder_id)
+        view = corpus_view(self.store, clip.embedder_id)
         qd = self.query_direction(q, config)
         notes = []
         if qd.n_truncated:
@@ -199,9 +199,9 @@ class SearchService:
 
     # -- textual -------------------------------------------------------------------------------
     def _documents(self, view: CorpusView) -> list[str]:
-        from carlos.models.textual import document_text
+        from carlos.core.text import document_text
 
-        docs = self.store.text_documents().set_index("lora_id")
+        docs = self.store.loras.text_documents().set_index("lora_id")
         docs = docs.reindex(view.ids)
         return [
             document_text(n if isinstance(n, str) and n.strip() else f, d)
@@ -209,7 +209,7 @@ class SearchService:
         ]
 
     def bm25_scores(self, view: CorpusView, q: str) -> np.ndarray:
-        from carlos.models.textual import BM25Index
+        from carlos.models.bm25 import BM25Index
 
         with self._lock:
             index = self._bm25.get(view.data_version)
@@ -240,7 +240,7 @@ class SearchService:
         emb = self.text_embedder(model)
         docs = self._documents(view)
         hashes = [hashlib.sha256(d.encode("utf-8")).hexdigest()[:16] for d in docs]
-        stored = self.store.get_text_matrix(emb.model_id)
+        stored = self.store.caches.get_text_matrix(emb.model_id)
         if stored is not None:
             ids, old_hashes, matrix = stored
             if ids == sorted(view.ids):
@@ -251,7 +251,7 @@ class SearchService:
         log.info("embedding %d LoRA descriptions with %s (once; stored)", len(docs), emb.model_id)
         matrix = emb.embed(docs)
         order = np.argsort(view.ids)
-        self.store.put_text_matrix(emb.model_id, [view.ids[i] for i in order], [hashes[i] for i in order], matrix[order])
+        self.store.caches.put_text_matrix(emb.model_id, [view.ids[i] for i in order], [hashes[i] for i in order], matrix[order])
         return matrix, emb.model_id
 
     def text_scores(self, view: CorpusView, q: str, model: str | None) -> tuple[np.ndarray, str]:
@@ -302,6 +302,6 @@ def _default_clip_loader(name: str, checkpoint: str | None) -> Any:
 
 
 def _default_text_embedder(model: str | None) -> Any:
-    from carlos.models.textual import TextEmbedder
+    from carlos.models.sentence import TextEmbedder
 
     return TextEmbedder(model)

@@ -1,24 +1,37 @@
-"""SQL for characterization jobs, their per-pair results and the base-image cache.
+"""SQL for characterization jobs, their per-pair results, the base-image cache and the
+thumbnails: ``store.jobs``.
 
-Mixed into :class:`carlos.store.store.Store`. Pair results are keyed by
-``(job_id, pair_index)`` and inserted with ``ON CONFLICT DO NOTHING``, so a
-worker that is killed and restarted never counts a pair twice.
+Owns the job queue (enqueue, claim, heartbeat, status, cancel), the per-pair CLIP-diffs
+a job produces, the base-image embeddings shared by every LoRA, and the image pairs the
+dashboard shows. Pair results are keyed by ``(job_id, pair_index)`` and inserted with
+``ON CONFLICT DO NOTHING``, so a worker that is killed and restarted never counts a
+pair twice. Nothing here bumps ``data_version`` (a job's result is a representation,
+written through ``store.reps``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+from carlos.store.base import Database
+
+if TYPE_CHECKING:  # only in annotations: importing the store stays free of pandas
+    import pandas as pd
+
+JOB_STATES = ("queued", "running", "finished", "failed", "cancelled")
 
 
-class JobsSQL:
-    """Job-related statements; ``self.session()`` / ``transaction()`` come from Store."""
+class JobRepository:
+    """Jobs, pair results, base-image cache and thumbnails of one store (``store.jobs``)."""
 
-    def enqueue_job(
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def enqueue(
         self,
         lora_id: str,
         file_path: str,
@@ -28,7 +41,7 @@ class JobsSQL:
         options: dict[str, Any],
         requested_by: str | None,
     ) -> int:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             row = con.execute(
                 "INSERT INTO jobs (lora_id, file_path, backend, protocol, total, options, requested_by) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING job_id",
@@ -36,8 +49,8 @@ class JobsSQL:
             ).fetchone()
         return int(row[0])
 
-    def get_job(self, job_id: int) -> dict[str, Any] | None:
-        with self.session() as con:  # type: ignore[attr-defined]
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        with self._db.session() as con:
             df = con.execute("SELECT * FROM jobs WHERE job_id = ?", [int(job_id)]).df()
         if df.empty:
             return None
@@ -45,7 +58,7 @@ class JobsSQL:
         job["options"] = json.loads(job["options"] or "{}")
         return job
 
-    def jobs(self, status: str | None = None, limit: int = 100) -> pd.DataFrame:
+    def recent(self, status: str | None = None, limit: int = 100) -> pd.DataFrame:
         sql = "SELECT * FROM jobs"
         params: list[Any] = []
         if status is not None:
@@ -53,22 +66,22 @@ class JobsSQL:
             params.append(status)
         sql += " ORDER BY job_id DESC LIMIT ?"
         params.append(int(limit))
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             return con.execute(sql, params).df()
 
-    def live_jobs_of(self, lora_id: str, backend: str, protocol: str) -> list[tuple[int, str | None]]:
+    def live_of(self, lora_id: str, backend: str, protocol: str) -> list[tuple[int, str | None]]:
         """(job_id, options JSON) of the queued, running or finished jobs of one LoRA/backend/protocol."""
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             return con.execute(
                 "SELECT job_id, options FROM jobs WHERE lora_id = ? AND backend = ? AND protocol = ? "
                 "AND status IN ('queued', 'running', 'finished') ORDER BY job_id",
                 [lora_id, backend, protocol],
             ).fetchall()
 
-    def claim_next_job(self, worker: str, stale_after_s: float, job_id: int | None = None) -> dict[str, Any] | None:
+    def claim_next(self, worker: str, stale_after_s: float, job_id: int | None = None) -> dict[str, Any] | None:
         """Atomically take the oldest queued job (or ``job_id``), or a running one whose
         worker went silent for ``stale_after_s``."""
-        with self.transaction() as con:  # type: ignore[attr-defined]
+        with self._db.transaction() as con:
             row = con.execute(
                 "SELECT job_id FROM jobs WHERE (status = 'queued' OR (status = 'running' AND "
                 "heartbeat < now() - to_seconds(?))) AND (? IS NULL OR job_id = ?) "
@@ -82,27 +95,27 @@ class JobsSQL:
                 "started_at = coalesce(started_at, now()) WHERE job_id = ?",
                 [worker, row[0]],
             )
-        return self.get_job(row[0])
+        return self.get(row[0])
 
     def heartbeat(self, job_id: int, worker: str) -> str:
         """Refresh the heartbeat; returns the job's status (a 'cancelled' job must stop)."""
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             con.execute(
                 "UPDATE jobs SET heartbeat = now() WHERE job_id = ? AND worker = ? AND status = 'running'",
                 [int(job_id), worker],
             )
             return con.execute("SELECT status FROM jobs WHERE job_id = ?", [int(job_id)]).fetchone()[0]
 
-    def set_job_status(self, job_id: int, status: str, error: str | None = None) -> None:
+    def set_status(self, job_id: int, status: str, error: str | None = None) -> None:
         finished = status in ("finished", "failed", "cancelled")
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             con.execute(
                 "UPDATE jobs SET status = ?, error = ?, finished_at = CASE WHEN ? THEN now() ELSE finished_at END WHERE job_id = ?",
                 [status, error, finished, int(job_id)],
             )
 
-    def cancel_job(self, job_id: int) -> bool:
-        with self.session() as con:  # type: ignore[attr-defined]
+    def cancel(self, job_id: int) -> bool:
+        with self._db.session() as con:
             row = con.execute(
                 "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE job_id = ? "
                 "AND status IN ('queued', 'running') RETURNING job_id",
@@ -112,7 +125,7 @@ class JobsSQL:
 
     def add_pair_results(self, job_id: int, rows: Sequence[dict[str, Any]]) -> int:
         """Insert per-pair diffs (ignoring pairs already stored) and update ``done``."""
-        with self.transaction() as con:  # type: ignore[attr-defined]
+        with self._db.transaction() as con:
             con.executemany(
                 "INSERT INTO pair_results (job_id, pair_index, prompt, category, seed, diff) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -133,13 +146,13 @@ class JobsSQL:
         return int(done)
 
     def done_pairs(self, job_id: int) -> set[int]:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             rows = con.execute("SELECT pair_index FROM pair_results WHERE job_id = ?", [int(job_id)]).fetchall()
         return {int(r[0]) for r in rows}
 
     def pair_diffs(self, job_id: int) -> tuple[pd.DataFrame, np.ndarray]:
         """(pair metadata ordered by pair_index, float32 (n, d) diffs)."""
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             df = con.execute(
                 "SELECT pair_index, prompt, category, seed, diff FROM pair_results WHERE job_id = ? ORDER BY pair_index",
                 [int(job_id)],
@@ -147,11 +160,11 @@ class JobsSQL:
         diffs = np.array(df.pop("diff").tolist(), dtype=np.float32) if len(df) else np.zeros((0, 0))
         return df, diffs
 
-    def get_base_embeddings(self, base_key: str, keys: Sequence[tuple[str, int]]) -> dict:
+    def base_embeddings(self, base_key: str, keys: Sequence[tuple[str, int]]) -> dict:
         """{(prompt, seed): embedding} for those cached under ``base_key``."""
         if not keys:
             return {}
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             df = con.execute("SELECT prompt, seed, embedding FROM base_cache WHERE base_key = ?", [base_key]).df()
         wanted = set(keys)
         return {
@@ -161,29 +174,29 @@ class JobsSQL:
         }
 
     def put_base_embeddings(self, base_key: str, rows: Sequence[tuple[str, int, np.ndarray, bytes | None]]) -> None:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             con.executemany(
                 "INSERT INTO base_cache (base_key, prompt, seed, embedding, thumbnail) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [[base_key, p, int(s), np.asarray(e, dtype=np.float32).tolist(), t] for p, s, e, t in rows],
             )
 
     def base_thumbnail(self, base_key: str, prompt: str, seed: int) -> bytes | None:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             row = con.execute(
                 "SELECT thumbnail FROM base_cache WHERE base_key = ? AND prompt = ? AND seed = ?",
                 [base_key, prompt, int(seed)],
             ).fetchone()
         return None if row is None else row[0]
 
-    def put_thumbnails(self, job_id: int, rows: Sequence[tuple[int, bytes, bytes]]) -> None:
-        with self.session() as con:  # type: ignore[attr-defined]
+    def put_thumbnails(self, job_id: int, rows: Sequence[tuple[int, bytes | None, bytes | None]]) -> None:
+        with self._db.session() as con:
             con.executemany(
                 "INSERT INTO thumbnails (job_id, pair_index, base_png, lora_png) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [[int(job_id), int(i), base, lora] for i, base, lora in rows],
             )
 
     def thumbnails(self, job_id: int) -> pd.DataFrame:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             return con.execute(
                 "SELECT t.pair_index, p.prompt, p.seed, t.base_png, t.lora_png FROM thumbnails t "
                 "LEFT JOIN pair_results p USING (job_id, pair_index) WHERE t.job_id = ? "
@@ -192,12 +205,12 @@ class JobsSQL:
             ).df()
 
     # -- characterization details for the dashboard --------------------------------------------
-    def pair_results_for_lora(self, lora_id: str, job_id: int | None = None) -> Any:
+    def pair_results_of(self, lora_id: str, job_id: int | None = None) -> Any:
         """Per-pair results of one LoRA's local characterization: job_id, pair_index, prompt,
         category, seed and ``norm`` (L2 norm of the pair's CLIP-diff, whose mean is Strength).
         From ``job_id`` or else the LoRA's latest job with results; an empty frame for corpus
         LoRAs (characterized by the authors, no per-pair data)."""
-        with self.session() as con:
+        with self._db.session() as con:
             return con.execute(
                 """
                 SELECT p.job_id, p.pair_index, p.prompt, p.category, p.seed,
@@ -211,11 +224,11 @@ class JobsSQL:
                 [lora_id, job_id, lora_id],
             ).df()
 
-    def thumbnails_for_lora(self, lora_id: str, job_id: int | None = None, limit: int = 24) -> Any:
+    def thumbnails_of(self, lora_id: str, job_id: int | None = None, limit: int = 24) -> Any:
         """Base/LoRA image pairs (PNG bytes) of one LoRA: job_id, pair_index, prompt, category,
         seed, base_png, lora_png; from ``job_id`` or the latest job with thumbnails, at most
         ``limit`` rows; empty for corpus LoRAs."""
-        with self.session() as con:
+        with self._db.session() as con:
             return con.execute(
                 """
                 SELECT t.job_id, t.pair_index, p.prompt, p.category, p.seed, t.base_png, t.lora_png

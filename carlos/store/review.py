@@ -1,18 +1,28 @@
-"""SQL for review decisions (append-only audit log), claims and threshold settings.
+"""SQL for review decisions (append-only audit log), claims and threshold settings:
+``store.review``.
 
-Mixed into :class:`carlos.store.store.Store`; kept apart so each file stays readable.
-There is deliberately no method that updates or deletes a decision.
+The rules of the review workflow live in :mod:`carlos.review.workflow`; this module only
+reads and writes the rows. There is deliberately no method that updates or deletes a
+decision.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from carlos.store.base import Database
+
+if TYPE_CHECKING:  # only in annotations: importing the store stays free of pandas
+    import pandas as pd
+
+REVIEW_ACTIONS = ("approve", "flag", "escalate", "reopen")
 
 
-class ReviewSQL:
-    """Review-related statements; ``self.session()`` / ``transaction()`` come from Store."""
+class ReviewRepository:
+    """Decisions, claims and thresholds of one store (``store.review``)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def append_decision(
         self,
@@ -23,7 +33,7 @@ class ReviewSQL:
         status_after: str,
         note: str | None,
     ) -> int:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             row = con.execute(
                 "INSERT INTO decisions (lora_id, reviewer, action, status_before, status_after, note) "
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING decision_id",
@@ -45,12 +55,12 @@ class ReviewSQL:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             return con.execute(sql, params).df()
 
     def current_statuses(self) -> pd.DataFrame:
         """lora_id, status (after its latest decision), reviewer, at, claimed_by."""
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             return con.execute(
                 """
                 SELECT coalesce(d.lora_id, c.lora_id) AS lora_id, d.status_after AS status,
@@ -64,7 +74,7 @@ class ReviewSQL:
             ).df()
 
     def status_of(self, lora_id: str) -> str | None:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             row = con.execute(
                 "SELECT status_after FROM decisions WHERE lora_id = ? ORDER BY created_at DESC, decision_id DESC LIMIT 1",
                 [lora_id],
@@ -73,7 +83,7 @@ class ReviewSQL:
 
     def claim(self, lora_id: str, reviewer: str) -> str:
         """Claim an item; returns the reviewer holding it (someone else if already claimed)."""
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             con.execute(
                 "INSERT INTO claims (lora_id, reviewer) VALUES (?, ?) ON CONFLICT (lora_id) DO NOTHING",
                 [lora_id, reviewer],
@@ -81,19 +91,19 @@ class ReviewSQL:
             return con.execute("SELECT reviewer FROM claims WHERE lora_id = ?", [lora_id]).fetchone()[0]
 
     def release_claim(self, lora_id: str, reviewer: str | None = None) -> None:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             if reviewer is None:
                 con.execute("DELETE FROM claims WHERE lora_id = ?", [lora_id])
             else:
                 con.execute("DELETE FROM claims WHERE lora_id = ? AND reviewer = ?", [lora_id, reviewer])
 
     def claim_holder(self, lora_id: str) -> str | None:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             row = con.execute("SELECT reviewer FROM claims WHERE lora_id = ?", [lora_id]).fetchone()
         return row[0] if row else None
 
     def record_thresholds(self, strength_max: float | None, consistency_min: float | None, reviewer: str, note: str | None) -> int:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             row = con.execute(
                 "INSERT INTO threshold_settings (strength_max, consistency_min, reviewer, note) VALUES (?, ?, ?, ?) RETURNING setting_id",
                 [strength_max, consistency_min, reviewer, note],
@@ -101,7 +111,7 @@ class ReviewSQL:
         return int(row[0])
 
     def threshold_history(self, limit: int = 50) -> pd.DataFrame:
-        with self.session() as con:  # type: ignore[attr-defined]
+        with self._db.session() as con:
             return con.execute(
                 "SELECT * FROM threshold_settings ORDER BY created_at DESC, setting_id DESC LIMIT ?",
                 [limit],

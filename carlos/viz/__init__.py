@@ -1,0 +1,10 @@
+"""Pictures: Plotly figures as pure functions of frames (``figures``) and 2-D maps of the
+directions, fitted once and cached (``maps``).
+"""
+
+from __future__ import annotations
+
+from carlos import exports
+
+__all__ = ["MapConfig", "corpus_map"]
+__getattr__, __dir__ = exports(__name__, {"MapConfig": "maps", "corpus_map": "maps"})

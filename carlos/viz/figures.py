@@ -180,7 +180,7 @@ def map_scatter(
 
 def category_strength_bar(pairs: pd.DataFrame, strength: float | None = None) -> go.Figure:
     """Mean CLIP-diff norm per prompt category (Strength restricted to that category) from
-    ``Store.pair_results_for_lora``, with the overall value (``strength``, default: the mean
+    ``store.jobs.pair_results_of``, with the overall value (``strength``, default: the mean
     norm of all pairs) as a reference line."""
     _need(pairs, ("category", "norm"))
     agg = pairs.assign(category=pairs["category"].fillna("(none)")).groupby("category")["norm"].agg(["mean", "count"]).sort_values("mean")

@@ -205,7 +205,7 @@ def corpus_map(
                 progress(0, 1)
             log.info("fitting UMAP %s on %d LoRAs", key, len(ids))
             model, xy = fit_umap(matrix, config)
-            store.put_map(key, ids, xy)
+            store.caches.put_map(key, ids, xy)
             _remember(key, model)
             if progress:
                 progress(1, 1)
@@ -249,7 +249,7 @@ def _remember(key: str, model: Any) -> None:
 
 
 def _cached_xy(store: Store, key: str, ids: Sequence[str]) -> np.ndarray | None:
-    df = store.get_map(key)
+    df = store.caches.get_map(key)
     if len(df) != len(ids):
         return None
     df = df.set_index("lora_id")

@@ -1,0 +1,135 @@
+"""The scale benchmark's report: one row per corpus size, and the notes that say what was measured.
+
+Formats the JSON-ready result of :func:`carlos.bench.scale.run_scale_bench` as plain text
+(what ``python -m carlos bench scale`` prints) and as the README's Markdown section, and
+states whether the 1M-LoRA targets were met; no measurement happens here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from carlos.bench.common import machine_line, markdown_table, text_table
+from carlos.bench.scale import MEMORY_TARGET, P50_TARGET_MS, SYNTHETIC_EMBEDDER
+
+_HEADERS = (
+    "LoRAs",
+    "import s",
+    "store MiB",
+    "load s",
+    "index s",
+    "top-k p50 ms",
+    "p95 ms",
+    "p50 ms, all threads",
+    "exact",
+    "fp32 scan p50 ms",
+    "peak MiB",
+    "peak / raw",
+    "load_view s",
+    "view index s",
+    "by_direction p50 ms",
+    "by_direction p95 ms",
+    "load_view peak / raw",
+    "UMAP fit s",
+    "UMAP transform s",
+)
+
+
+def _rows(result: dict[str, Any]) -> list[list[Any]]:
+    out = []
+    for r in result["sizes"]:
+        sv, lib, um = r["serve"], r["library"] or {}, r["umap"] or {}
+        out.append(
+            [
+                f"{r['n']:,}",
+                r["import"]["import_s"],
+                r["import"]["store_bytes"] / 2**20,
+                sv["load_s"],
+                sv["index_build_s"],
+                sv["topk"]["p50_ms"],
+                sv["topk"]["p95_ms"],
+                sv["topk_default_threads"]["p50_ms"],
+                f"{sv['exact_agree']}/{sv['exact_checked']}",
+                sv["float32_scan"]["p50_ms"],
+                sv["peak_bytes"] / 2**20,
+                f"{sv['peak_over_raw']:.2f}x",
+                lib.get("load_view_s"),
+                lib.get("index_build_s"),
+                (lib.get("by_direction") or {}).get("p50_ms"),
+                (lib.get("by_direction") or {}).get("p95_ms"),
+                f"{lib['peak_over_raw']:.2f}x" if lib else None,
+                um.get("fit_s"),
+                um.get("transform_s"),
+            ]
+        )
+    return out
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    cfg, real = result["config"], result["model"]["real"]
+    notes = [
+        f"synthetic model: low-rank ({result['model']['rank']} axes) + diagonal Gaussian of unit directions "
+        f"fitted on the {real['n']} released directions ({result['model']['source']}); (Strength, "
+        "Consistency, norm ratio) resampled from real rows with 5% log-normal jitter"
+    ]
+    first = result["sizes"][0]["import"]["stats_first_block"]
+    keys = (
+        "mean_norm",
+        "mean_pairwise_cos",
+        "std_pairwise_cos",
+        "var_top16_pcs",
+        "corr_strength_consistency",
+        "corr_norm_strength",
+        "share_over_strength",
+        "share_under_consistency",
+    )
+    notes.append("real vs synthetic: " + ", ".join(f"{k} {real[k]:.3f}/{first[k]:.3f}" for k in keys))
+    for r in result["sizes"]:
+        sv = r["serve"]
+        notes.append(
+            f"{r['n']:,}: kernel {sv['kernel']} (1 torch thread; 'all threads' = "
+            f"{sv['default_threads']}), {sv['eligible']:,} LoRAs pass the filters, "
+            f"{sv['candidates_p50']:.0f} rows re-scored in float32 per query (p50); memory via "
+            f"{sv['memory_method']}; raw vectors {sv['raw_bytes'] / 2**20:.0f} MiB"
+        )
+        if r["umap"]:
+            u = r["umap"]
+            notes.append(
+                f"{r['n']:,}: UMAP fitted on {u['fit_points']:,} points, {u['transform_points']:,} "
+                f"transformed; {u['total_s'] / 60:.1f} min in all"
+            )
+    big = [r for r in result["sizes"] if r["n"] >= 1_000_000]
+    for r in big:
+        sv = r["serve"]
+        notes.append(
+            f"targets at {r['n']:,}: top-k p50 {sv['topk']['p50_ms']:.0f} ms (< {P50_TARGET_MS:.0f}: "
+            f"{'met' if sv['topk']['p50_ms'] < P50_TARGET_MS else 'NOT met'}), peak memory "
+            f"{sv['peak_over_raw']:.2f}x raw (< {MEMORY_TARGET}: "
+            f"{'met' if sv['peak_over_raw'] < MEMORY_TARGET else 'NOT met'})"
+        )
+    if not big:
+        notes.append("no 1M run in this invocation: the 1M targets are not assessed")
+    notes.append(
+        f"library path (load_view + by_direction) measured up to {cfg['library_max']:,} LoRAs; UMAP "
+        f"for {cfg['umap_min']:,} to {cfg['umap_max']:,}"
+    )
+    return notes
+
+
+def scale_bench_text(result: dict[str, Any]) -> str:
+    head = f"Scale benchmark ({SYNTHETIC_EMBEDDER}); {machine_line(result['machine'])}"
+    return "\n".join([head, "", text_table(_HEADERS, _rows(result)), ""] + _notes(result))
+
+
+def scale_bench_markdown(result: dict[str, Any], command: str) -> str:
+    lines = [
+        f"### Scale ({result['when']})",
+        "",
+        f"`{command}`",
+        "",
+        f"{machine_line(result['machine'])}.",
+        "",
+        markdown_table(_HEADERS, _rows(result)),
+        "",
+    ] + [f"- {n}" for n in _notes(result)]
+    return "\n".join(lines)

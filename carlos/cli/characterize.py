@@ -1,0 +1,130 @@
+"""Characterization commands: ``characterize`` (one file, in the foreground), ``worker``, ``jobs``, ``make-test-lora``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from carlos.cli.common import (
+    add_backend,
+    add_json,
+    add_protocol,
+    add_quiet,
+    close,
+    emit,
+    open_store,
+    progress_bar,
+)
+from carlos.config import DEFAULT_BACKEND, DEFAULT_PROTOCOL
+
+
+def _characterize(args: argparse.Namespace) -> int:
+
+    from carlos.characterize import jobs
+
+    store = open_store(args)
+    sub = jobs.submit(store, Path(args.file), backend=args.backend, protocol=args.protocol, trigger=args.trigger, requested_by="cli")
+    if args.backend == "tiny":
+        print(
+            "note: the tiny backend has random weights; its numbers demonstrate the flow and mean nothing about the LoRA", file=sys.stderr
+        )
+    job = store.jobs.get(sub.job_id)
+    if job["status"] != "finished":
+        bar, update = progress_bar(f"job {sub.job_id}", unit="pair", disabled=args.quiet)
+        worker = jobs.Worker(store, worker_id=f"cli:{sub.job_id}")
+        worker.run_one(progress=update, job_id=sub.job_id)
+        close(bar)
+        job = store.jobs.get(sub.job_id)
+    if job["status"] != "finished":
+        from carlos.errors import CarlosError
+
+        raise CarlosError(f"job {sub.job_id} {job['status']}: {job['error'] or 'see the worker log'}")
+    rep = next(r for r in store.reps.of(sub.lora_id) if r.provenance.get("job_id") == sub.job_id)
+    out = {
+        "job_id": sub.job_id,
+        "lora_id": sub.lora_id,
+        "embedder": rep.embedder,
+        "strength": rep.strength,
+        "consistency": rep.consistency,
+        "n_samples": rep.n_samples,
+        "provenance": rep.provenance,
+        "file": sub.report.to_dict(),
+        "reused_existing_job": sub.duplicate_of_job is not None,
+    }
+    emit(
+        args,
+        out,
+        f"{sub.lora_id} [{rep.embedder}]: Strength {rep.strength:.4f}, "
+        f"Consistency {rep.consistency:.4f} over {rep.n_samples} pairs (job {sub.job_id})",
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from carlos.characterize import jobs
+
+    worker = jobs.Worker(open_store(args), stale_after_s=args.stale_after, chunk_pairs=args.chunk_pairs)
+    n = worker.run(once=args.once, poll_s=args.poll)
+    if args.json:
+        emit(args, {"processed_jobs": n}, "")
+    else:
+        print(f"processed {n} job(s)", file=sys.stderr)
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    if args.cancel is not None:
+        ok = store.jobs.cancel(args.cancel)
+        print(f"job {args.cancel} {'cancelled' if ok else 'was not queued or running'}")
+        return 0 if ok else 2
+    df = store.jobs.recent(status=args.status, limit=args.limit)
+    cols = ["job_id", "lora_id", "backend", "protocol", "status", "done", "total", "error"]
+    emit(args, df[cols].to_dict("records"), df[cols].to_string(index=False) if len(df) else "no jobs")
+    return 0
+
+
+def _make_test_lora(args: argparse.Namespace) -> int:
+    from carlos.files.testing import make_test_lora
+
+    path = make_test_lora(args.out, seed=args.seed, layout=args.layout, zero=args.zero)
+    info = {"path": str(path), "layout": args.layout, "seed": args.seed, "zero": args.zero}
+    emit(args, info, f"wrote {args.out} (a {args.layout} LoRA for the tiny backend)")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """``characterize``, ``worker``, ``jobs``, ``make-test-lora``."""
+    p = sub.add_parser("characterize", help="characterize one .safetensors LoRA in the foreground")
+    p.add_argument("file", help="the LoRA (.safetensors only)")
+    add_backend(p, DEFAULT_BACKEND)
+    add_protocol(p, DEFAULT_PROTOCOL)
+    p.add_argument("--trigger", help="trigger words appended to the LoRA prompts")
+    add_quiet(p)
+    add_json(p)
+    p.set_defaults(func=_characterize)
+
+    p = sub.add_parser("worker", help="process queued characterization jobs")
+    p.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between queue polls")
+    p.add_argument("--stale-after", type=float, default=120.0, help="take over running jobs without a heartbeat for this many seconds")
+    p.add_argument("--chunk-pairs", type=int, default=8, help="pairs generated and stored together (smaller: finer resume)")
+    add_json(p)
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("jobs", help="list or cancel characterization jobs")
+    p.add_argument("--status", choices=["queued", "running", "finished", "failed", "cancelled"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cancel", type=int, metavar="JOB_ID", help="cancel a queued or running job")
+    add_json(p)
+    p.set_defaults(func=_jobs)
+
+    p = sub.add_parser("make-test-lora", help="write a small LoRA for the tiny backend")
+    p.add_argument("out", help="output .safetensors path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["kohya", "diffusers"], default="kohya")
+    p.add_argument("--zero", action="store_true", help="a LoRA with no effect (zero up-weights)")
+    add_json(p)
+    p.set_defaults(func=_make_test_lora)

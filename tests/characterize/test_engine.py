@@ -1,0 +1,85 @@
+"""End-to-end characterization on the tiny backend (random weights, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carlos.characterize import jobs
+from carlos.core.representation import summarize
+from carlos.files.testing import make_test_lora
+from carlos.store.store import Store
+from carlos.viz.figures import category_strength_bar
+
+
+@pytest.fixture(scope="module")
+def worker_env(tmp_path_factory: pytest.TempPathFactory):
+    """One store and one worker (pipeline + CLIP loaded once) for the module."""
+    root = tmp_path_factory.mktemp("char")
+    store = Store.open(root / "c.duckdb")
+    return root, store, jobs.Worker(store, worker_id="test-worker", chunk_pairs=3)
+
+
+def _characterize(worker_env, name: str, **lora_kwargs) -> tuple[str, int]:
+    root, store, worker = worker_env
+    path = root / f"{name}.safetensors"
+    make_test_lora(path, **lora_kwargs)
+    sub = jobs.submit(store, path, backend="tiny", protocol="smoke", requested_by="test")
+    assert worker.run_one(job_id=sub.job_id) == sub.job_id
+    job = store.jobs.get(sub.job_id)
+    assert job["status"] == "finished", job["error"]
+    return sub.lora_id, sub.job_id
+
+
+def test_stored_representation_is_the_core_on_stored_diffs(worker_env) -> None:
+    _, store, _ = worker_env
+    lora_id, job_id = _characterize(worker_env, "kohya", seed=1, layout="kohya")
+    rep = store.reps.of(lora_id)[0]
+    meta, diffs = store.jobs.pair_diffs(job_id)
+    expected = summarize(diffs)
+    assert rep.n_samples == len(meta) == 4
+    assert rep.strength == pytest.approx(expected.strength, rel=1e-6)
+    assert rep.consistency == pytest.approx(expected.consistency, rel=1e-6, abs=1e-9)
+    np.testing.assert_allclose(rep.direction, expected.direction, rtol=1e-5, atol=1e-7)
+    assert rep.strength > 0.01
+    prov = rep.provenance
+    assert prov["protocol"] == "smoke" and prov["backend"].startswith("tiny-sdxl")
+    assert rep.embedder.startswith("tiny-clip") and len(prov["prompt_hash"]) == 64
+    cats = category_strength_bar(store.jobs.pair_results_of(lora_id, job_id))  # the detail page's per-category Strength
+    assert set(cats.data[0].y) == {"Portraits", "Landscapes"}
+    thumbs = store.jobs.thumbnails(job_id)
+    assert len(thumbs) == 4 and thumbs["base_png"].map(lambda b: b[:4] == b"\x89PNG").all()
+
+
+def test_zero_lora_has_no_strength_and_layouts_differ(worker_env) -> None:
+    _, store, worker = worker_env
+    zero_id, _ = _characterize(worker_env, "zero", seed=2, zero=True)
+    assert store.reps.of(zero_id)[0].strength < 1e-4
+    a, _ = _characterize(worker_env, "diffusers-a", seed=3, layout="diffusers")
+    b, _ = _characterize(worker_env, "kohya-b", seed=4, layout="kohya")
+    da = store.reps.of(a)[0].direction
+    db = store.reps.of(b)[0].direction
+    cos = float(da @ db / (np.linalg.norm(da) * np.linalg.norm(db)))
+    assert cos < 0.999, "two different LoRAs must not get the same direction"
+
+
+def test_base_images_are_generated_once_and_reused(worker_env) -> None:
+    _, _, worker = worker_env
+    stats = worker.characterizer("tiny", "smoke").stats
+    before_generated, before_hits = stats.base_generated, stats.base_cache_hits
+    _characterize(worker_env, "reuse", seed=6)
+    assert stats.base_generated == before_generated  # all 4 base pairs came from the cache
+    assert stats.base_cache_hits == before_hits + 4
+    assert worker.characterizer("tiny", "smoke").backend.pipeline_loads == 1
+
+
+def test_same_file_twice_is_the_same_lora_and_job(worker_env) -> None:
+    root, store, _ = worker_env
+    path = root / "twice.safetensors"
+    make_test_lora(path, seed=9)
+    first = jobs.submit(store, path, backend="tiny", protocol="smoke")
+    copy = root / "renamed copy.safetensors"
+    copy.write_bytes(path.read_bytes())
+    second = jobs.submit(store, copy, backend="tiny", protocol="smoke")
+    assert second.lora_id == first.lora_id and second.duplicate_of_job == first.job_id
+    assert second.already_known

@@ -1,0 +1,107 @@
+"""The CARLoS retriever end to end on the tiny CLIP (same code as the real ViT-B/32 path)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carlos.config import Thresholds
+from carlos.data.prompts import get_prompt_set
+from carlos.models.clip import load_clip
+from carlos.search.query import query_direction_naive
+from carlos.search.retrievers import SearchConfig
+from carlos.search.service import SearchService
+from carlos.store.store import Store
+
+TINY = SearchConfig(retriever="carlos", clip_model="tiny", top_k=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return load_clip("tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory, tiny_clip) -> Store:
+    """Twenty fake LoRAs in the tiny CLIP's space with chosen Strength/Consistency."""
+    store = Store.open(tmp_path_factory.mktemp("tiny") / "t.duckdb")
+    rng = np.random.default_rng(0)
+    n = 20
+    store.loras.upsert([{"lora_id": f"l{i}", "source": "test", "name": f"lora {i}"} for i in range(n)])
+    strength = np.linspace(1.0, 12.0, n)
+    consistency = np.linspace(0.0, 0.5, n)
+    store.reps.put_many(
+        [
+            {
+                "lora_id": f"l{i}",
+                "embedder": tiny_clip.embedder_id,
+                "direction": rng.normal(size=tiny_clip.dim),
+                "strength": float(strength[i]),
+                "consistency": float(consistency[i]),
+                "n_samples": 4,
+                "protocol": "synthetic",
+                "backend": "none",
+            }
+            for i in range(n)
+        ]
+    )
+    return store
+
+
+@pytest.fixture
+def service(tiny_store: Store, tiny_clip) -> SearchService:
+    return SearchService(tiny_store, clip_loader=lambda name, ckpt: tiny_clip)
+
+
+def test_query_direction_equals_naive_recomputation(service: SearchService, tiny_clip) -> None:
+    prompts = [p.text for p in get_prompt_set().query_prompts]
+    got = service.query_direction("snowfall, cold winter scene", TINY)
+    ref = query_direction_naive(tiny_clip, prompts, "snowfall, cold winter scene")
+    np.testing.assert_allclose(got.direction, ref.direction, rtol=1e-5, atol=1e-6)
+    assert got.n_prompts == 280 and got.method == "kv-cache"
+
+
+def test_repeated_query_is_a_cache_hit_with_the_same_result(service: SearchService, tiny_store) -> None:
+    first = service.search("ukiyo-e woodblock print", TINY)
+    assert service.stats["query_cache_misses"] == 1
+    again = service.search("ukiyo-e   woodblock print ", TINY)  # same normalized query
+    assert service.stats["query_cache_hits"] == 1
+    assert [h.lora_id for h in again.hits] == [h.lora_id for h in first.hits]
+    # a new process (fresh service) finds it in the store, not recomputing
+    other = SearchService(tiny_store, clip_loader=service._clip_loader)
+    third = other.search("ukiyo-e woodblock print", TINY)
+    assert other.stats == {"query_cache_hits": 1, "query_cache_misses": 0}
+    assert [h.score for h in third.hits] == pytest.approx([h.score for h in first.hits], abs=1e-6)
+    # a different query is not a collision
+    other.search("ukiyo-e woodblock prints", TINY)
+    assert other.stats["query_cache_misses"] == 1
+
+
+def test_filters_exclude_exactly_the_right_loras(service: SearchService, tiny_store) -> None:
+    t = Thresholds(strength_max=9.8, consistency_min=0.041)
+    res = service.search("celestial beings", SearchConfig(retriever="carlos", clip_model="tiny", top_k=20, thresholds=t))
+    frame = tiny_store.reps.corpus_frame("tiny-clip/seed0").set_index("lora_id")
+    expected_out = {lid for lid, r in frame.iterrows() if r.strength > 9.8 or r.consistency < 0.041}
+    assert {h.lora_id for h in res.hits} == set(frame.index) - expected_out
+    assert res.n_excluded == len(expected_out)
+    assert {h.lora_id for h in res.excluded} == expected_out
+    scores = [h.score for h in res.hits]
+    assert scores == sorted(scores, reverse=True)
+    assert any("not meaningful" in n for n in res.notes)  # tiny space is labelled
+
+
+def test_long_query_truncation_is_reported(service: SearchService) -> None:
+    long = " ".join(["intricate baroque golden ornament"] * 30)
+    res = service.search(long, TINY)
+    assert res.info["n_truncated"] == 280
+    assert any("truncated" in n for n in res.notes)
+    short = service.search("intricate baroque golden ornament", TINY)
+    assert short.info["n_truncated"] == 0 and not any("truncated" in n for n in short.notes)
+
+
+@pytest.mark.parametrize("query", ["🐉🔥", "水墨画 山水", "'; DROP TABLE loras; --", "Ünïcödé"])
+def test_odd_queries(service: SearchService, tiny_store: Store, query: str) -> None:
+    before = tiny_store.table_counts()["loras"]
+    res = service.search(query, TINY)
+    assert len(res.hits) == 5 and np.isfinite([h.score for h in res.hits]).all()
+    assert tiny_store.table_counts()["loras"] == before
