@@ -26,7 +26,7 @@ RANDOM_CLIP = "ViT-B-32/random"
 DEFAULT_BACKEND = "tiny"
 DEFAULT_PROTOCOL = "smoke"
 #: The prompt set characterizations and query directions use unless one is named.
-DEFAULT_PROMPT_SET = "carlos-prompts-v1"
+DEFAULT_PROMPT_SET = "carlos-authors"
 
 #: The paper's filters: drop a LoRA stronger than this (substantiality) ...
 PAPER_STRENGTH_MAX = 9.8

@@ -15,6 +15,8 @@ from app.widgets import detail_url, explained
 from app.worker import ensure_background_worker
 from carlos.characterize import jobs, results
 from carlos.characterize.engine import PROTOCOLS
+from carlos.config import Thresholds
+from carlos.core.comparability import comparability
 from carlos.search import lookup
 from carlos.search.capabilities import sdxl_weights
 
@@ -42,7 +44,12 @@ backend = c1.radio("Backend", list(backends), format_func=backends.get)
 protocol = c2.radio(
     "Protocol", list(PROTOCOLS), index=2 if backend == "tiny" else 1, format_func=lambda p: f"{p}: {PROTOCOLS[p].description}"
 )
-trigger = c3.text_input("Trigger words (appended to the LoRA prompts)", max_chars=200)
+trigger = c3.text_input(
+    "Trigger words, separated by commas",
+    max_chars=400,
+    help="Each LoRA prompt gets ', word' appended for every word, in order (as the CARLoS authors send "
+    "Civitai's trainedWords); the base images never get them.",
+)
 if backend == "tiny":
     st.warning(
         "The tiny backend is a test and demo pipeline with random weights. Its Strength and "
@@ -86,7 +93,7 @@ if upload is not None:
                     path,
                     backend=backend,
                     protocol=protocol,
-                    trigger=trigger or None,
+                    trigger=[w.strip() for w in trigger.split(",") if w.strip()],
                     original_name=upload.name,
                     requested_by=user.name,
                 )
@@ -117,6 +124,9 @@ def progress_panel() -> None:
             c[0].metric("Strength", f"{rep.strength:.3f}")
             c[1].metric("Consistency", f"{rep.consistency:.4f}")
             c[2].metric("Pairs", rep.n_samples)
+            iv = results.interval_fields(rep, Thresholds())
+            st.caption(f"Strength {iv['strength_text']}; Consistency {iv['consistency_text']}; risk class {iv['risk_confidence']}.")
+            st.caption(f"Compared with the corpus: {comparability(rep.embedder, rep.provenance).message()}.")
             st.page_link(
                 "pages/detail.py",
                 label="Open its detail page (neighbours, per-category Strength, image pairs, flags)",

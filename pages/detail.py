@@ -16,6 +16,7 @@ from carlos.core import ranking
 from carlos.review import workflow as review
 from carlos.search import lookup
 from carlos.viz import figures as plots
+from carlos.viz.uncertainty import interval_figure
 
 try:
     from carlos.core.text import clean_text
@@ -82,7 +83,14 @@ if report:
         st.json(report.get("metadata") or {})
 
 st.subheader("Representations")
-representations_table(store, lid)
+representations_table(store, lid, thresholds)
+intervals = results.representation_intervals(store, lid)
+if not intervals.empty:
+    st.plotly_chart(interval_figure(intervals, thresholds), key="interval_bars")
+    st.caption(
+        "Points: the stored values; bars: 95% intervals of the full-protocol values, with the prompts of the "
+        "run as independent draws (delete-one-prompt jackknife). Dashed: the thresholds in force."
+    )
 flags = list(row["flags"]) if row is not None else []
 for f in flags:
     st.warning(f"Flag: {f}")

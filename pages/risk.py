@@ -11,6 +11,7 @@ from app.resources import corpus_frame, get_store, require_corpus
 from app.state import choice, colour_choices, flash, ids_param, keep, last_search, parse_ids, url_default
 from app.thresholds import fmt_threshold, threshold_sidebar
 from app.widgets import explained, lora_table
+from carlos.characterize import results
 from carlos.core.risk import RiskPolicy, corpus_stats
 from carlos.review import workflow as review
 from carlos.viz import figures as plots
@@ -53,8 +54,25 @@ st.caption(
 )
 
 cuts = (frame.attrs["review_strength_min"], frame.attrs["review_consistency_min"])
+# uploads characterized here carry 95% intervals and a risk class with its confidence (corpus rows: none)
+intervals = results.interval_frame(store, frame, thresholds, cuts)
+frame = frame.merge(intervals, on="lora_id", how="left")
+frame["risk_confidence"] = frame["risk_confidence"].fillna(results.NO_INTERVAL)
 fig = plots.risk_scatter(frame, thresholds, axes=axes, colour=colour, review_cuts=cuts)
 event = st.plotly_chart(fig, key="risk_scatter", on_select="rerun", selection_mode=("box", "lasso"))
+if len(intervals):
+    st.caption(
+        f"Error bars: 95% intervals of the {len(intervals)} upload(s) characterized here"
+        + (" (shown on the value axes)" if axes != "values" else "")
+        + "; corpus LoRAs have no per-pair data, so no interval."
+    )
+different = frame[frame["measured_differently"].fillna(False).astype(bool)] if "measured_differently" in frame else frame[:0]
+if len(different):
+    st.warning(
+        f"{len(different)} LoRA(s) on this scatter were measured differently from the corpus (another prompt set, "
+        "noise or model): not directly comparable with it, and the paper's thresholds do not transfer. "
+        'Their rows carry the flag "measured differently from the corpus".'
+    )
 
 # selection: the chart's box/lasso, else the link's ?sel=…; editable before flagging
 names = dict(zip(frame["lora_id"], frame["name"]))

@@ -14,15 +14,16 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from carlos import __version__
-from carlos.config import CORPUS_EMBEDDER, RANDOM_CLIP
+from carlos.config import CORPUS_EMBEDDER, DEFAULT_PROMPT_SET, RANDOM_CLIP
 from carlos.core.representation import Representation, summarize
+from carlos.core.uncertainty import estimate as estimate_uncertainty
 from carlos.errors import InvalidInputError
 from carlos.store.store import Store
 
@@ -31,24 +32,56 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 
+#: Protocol dtype names -> torch dtype names.
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
 @dataclass(frozen=True)
 class Protocol:
-    """A named characterization protocol, recorded in provenance."""
+    """A named characterization protocol: which pairs and how their images are made.
+
+    The whole spec is data, recorded with every representation (``provenance["protocol_spec"]``,
+    :meth:`spec`). ``None`` means "the pipeline's default" for the generation fields, which is
+    what the authors' release does (PAPER.md, "The authors' procedure as released").
+    """
 
     name: str
-    prompt_profile: str  # carlos.data.prompts profile: which index prompts
-    seeds_per_prompt: int  # M: seeds 0..M-1, identical for base and LoRA images
-    steps: int | None  # denoising steps for full-size backends (None: backend default)
-    size: int | None  # image side for full-size backends (None: backend default)
+    prompt_profile: str  # carlos.data.prompts profile: which index prompts of the job's prompt set
+    seeds_per_prompt: int  # M: images j = 0..M-1 per prompt, identical for base and LoRA images
     description: str
+    #: Denoising steps of full-size backends (None: the backend's default; the tiny backend keeps its own).
+    steps: int | None = 25
+    #: Classifier-free guidance (None: the pipeline's default, 5.0 for SDXL base 1.0).
+    guidance: float | None = None
+    #: Image side in pixels (None: the pipeline's default, 1024 x 1024 for SDXL base 1.0).
+    size: int | None = None
+    #: Negative prompt (None: none, as released; the backends take no other value yet).
+    negative_prompt: str | None = None
+    #: Weights dtype of the real backend on a GPU ("fp16" as released); the tiny backend stays fp32.
+    dtype: str | None = "fp16"
+    #: How image j's starting noise is drawn (carlos.models.diffusion's noise schemes; "authors": as released).
+    noise: str = "authors"
+    #: LoRA scale (cross_attention_kwargs={"scale": 1.0} in the release); informative, the backend applies it.
+    lora_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise InvalidInputError(f"protocol {self.name}: dtype must be one of {', '.join(DTYPES)} or None, got {self.dtype!r}")
+
+    def spec(self) -> dict[str, Any]:
+        """The protocol as recorded in provenance."""
+        return asdict(self)
 
 
 PROTOCOLS = {
     p.name: p
     for p in (
-        Protocol("paper", "paper", 16, 25, 1024, "the paper's protocol: 280 prompts x 16 seeds, 25 steps, 1024², scale 1.0"),
-        Protocol("quick", "quick", 2, 25, 1024, "on-demand: 1 prompt per subcategory (35) x 2 seeds = 70 pairs, 25 steps, 1024²"),
-        Protocol("smoke", "smoke", 2, None, None, "tests and demos: 2 prompts x 2 seeds = 4 pairs at the backend's defaults"),
+        Protocol("paper", "paper", 16, "the paper's protocol: 280 prompts x 16 seeds, 25 steps, pipeline defaults (1024², guidance 5.0)"),
+        Protocol("quick", "quick", 2, "on-demand: 1 prompt per subcategory (35) x 2 seeds = 70 pairs, settings as paper"),
+        Protocol("smoke", "smoke", 2, "tests and demos: 2 prompts x 2 seeds = 4 pairs at the backend's defaults", steps=None),
+        Protocol(
+            "adaptive", "paper", 16, "the paper's pairs in stratified rounds, stopped once settled (carlos/core/adaptive.py); at most 4,480"
+        ),
     )
 }
 
@@ -71,11 +104,18 @@ class Pair:
     seed: int
 
 
-def protocol_pairs(protocol: Protocol) -> tuple[list[Pair], Any]:
-    """The (prompt, seed) pairs of a protocol and the prompt subset they come from."""
+#: The prompt set of a job whose options name none: it was queued before jobs recorded one,
+#: when the team's set was the default, so its stored pairs index that set's prompts.
+LEGACY_PROMPT_SET = "carlos-prompts-v1"
+#: Trigger words kept per job, and the length of each.
+MAX_TRIGGER_WORDS, MAX_TRIGGER_CHARS = 32, 200
+
+
+def protocol_pairs(protocol: Protocol, prompt_set: str | None = None) -> tuple[list[Pair], Any]:
+    """The (prompt, seed) pairs of a protocol over ``prompt_set`` (default: the default set) and its subset."""
     from carlos.data.prompts import prompts_for_profile
 
-    subset = prompts_for_profile(protocol.prompt_profile)
+    subset = prompts_for_profile(protocol.prompt_profile, prompt_set or DEFAULT_PROMPT_SET)
     pairs = []
     for p in subset.prompts:
         for seed in range(protocol.seeds_per_prompt):
@@ -83,9 +123,39 @@ def protocol_pairs(protocol: Protocol) -> tuple[list[Pair], Any]:
     return pairs, subset
 
 
-def lora_prompt(prompt: str, trigger: str | None) -> str:
-    """The LoRA image's prompt: trigger words appended as ", <trigger>" (PAPER.md)."""
-    return f"{prompt}, {trigger}" if trigger else prompt
+def job_prompt_set(options: dict[str, Any] | None) -> str:
+    """The prompt set a job was queued with (older jobs: :data:`LEGACY_PROMPT_SET`)."""
+    return str((options or {}).get("prompt_set") or LEGACY_PROMPT_SET)
+
+
+def trigger_words(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Trigger words as a job keeps them: whitespace collapsed, empty ones dropped, order kept.
+
+    A list is the words in order; a plain string (a job option of older versions, or a
+    caller's single word) is one word.
+    """
+    if value is None:
+        return ()
+    words = [value] if isinstance(value, str) else list(value)
+    out = []
+    for w in words:
+        if not isinstance(w, str):
+            raise InvalidInputError(f"trigger words must be text, got {w!r}")
+        w = " ".join(w.split())[:MAX_TRIGGER_CHARS]
+        if w:
+            out.append(w)
+    if len(out) > MAX_TRIGGER_WORDS:
+        raise InvalidInputError(f"at most {MAX_TRIGGER_WORDS} trigger words, got {len(out)}")
+    return tuple(out)
+
+
+def lora_prompt(prompt: str, triggers: str | Sequence[str] | None) -> str:
+    """The LoRA image's prompt, as the authors send it: ``", " + w`` appended for every trigger word w, in order.
+
+    No trigger words: the prompt unchanged. A plain string counts as one word. The base image
+    never gets them.
+    """
+    return prompt + "".join(f", {w}" for w in trigger_words(triggers))
 
 
 def png_thumbnail(image: np.ndarray, side: int = 128) -> bytes:
@@ -157,12 +227,15 @@ class Characterizer:
 
         Returns None when ``should_continue`` asked to stop (cancelled) before the end.
         """
-        import time
 
         protocol = get_protocol(job["protocol"])
-        pairs, subset = protocol_pairs(protocol)
+        pairs, subset = protocol_pairs(protocol, job_prompt_set(job.get("options")))
         job_id = int(job["job_id"])
-        trigger = (job.get("options") or {}).get("trigger") or None
+        trigger = trigger_words((job.get("options") or {}).get("trigger"))
+        if protocol.name == "adaptive":  # rounds and a stopping rule: carlos/characterize/adaptive_run.py
+            from carlos.characterize.adaptive_run import run_adaptive
+
+            return run_adaptive(self, job, pairs, subset, protocol, trigger, progress=progress, should_continue=should_continue)
         done = self.store.jobs.done_pairs(job_id)
         self.stats.pairs_skipped_as_done += len(done)
         todo = [p for p in pairs if p.index not in done]
@@ -173,48 +246,66 @@ class Characterizer:
                 if should_continue is not None and not should_continue():
                     log.info("job %d stopped after %d of %d pairs", job_id, len(pairs) - len(todo) + start, len(pairs))
                     return None
-                chunk = todo[start : start + self.chunk_pairs]
-                base = self._base_embeddings(chunk)
-                t = time.perf_counter()
-                images = self.backend.generate([lora_prompt(p.prompt, trigger) for p in chunk], [p.seed for p in chunk])
-                t2 = time.perf_counter()
-                feats = self.clip.image_features(images)
-                t3 = time.perf_counter()
-                self.stats.lora_generated += len(chunk)
-                rows = [
-                    {
-                        "pair_index": p.index,
-                        "prompt": p.prompt,
-                        "category": p.category,
-                        "seed": p.seed,
-                        "diff": f.astype(np.float64) - base[(p.prompt, p.seed)],
-                    }
-                    for p, f in zip(chunk, feats)
-                ]
-                thumbs = [
-                    (p.index, self.store.jobs.base_thumbnail(self.base_key(), p.prompt, p.seed), png_thumbnail(img))
-                    for p, img in zip(chunk, images)
-                    if p.index < self.thumbnails
-                ]
-                with self.store.transaction():
-                    n_done = self.store.jobs.add_pair_results(job_id, rows)
-                    if thumbs:
-                        self.store.jobs.put_thumbnails(job_id, thumbs)
-                self.stats.seconds["generate"] += t2 - t
-                self.stats.seconds["embed"] += t3 - t2
-                self.stats.seconds["store"] += time.perf_counter() - t3
+                n_done = self.run_pairs(job_id, todo[start : start + self.chunk_pairs], trigger)
                 if progress:
                     progress(n_done, len(pairs))
         return self.finish(job, subset, protocol, trigger)
 
-    def finish(self, job: dict[str, Any], subset: Any, protocol: Protocol, trigger: str | None) -> Representation:
+    def run_pairs(self, job_id: int, chunk: Sequence[Pair], trigger: Sequence[str]) -> int:
+        """Generate, embed and store one chunk of pairs (inside ``backend.lora``); returns the job's pairs done."""
+        import time
+
+        base = self._base_embeddings(list(chunk))
+        t = time.perf_counter()
+        images = self.backend.generate([lora_prompt(p.prompt, trigger) for p in chunk], [p.seed for p in chunk])
+        t2 = time.perf_counter()
+        feats = self.clip.image_features(images)
+        t3 = time.perf_counter()
+        self.stats.lora_generated += len(chunk)
+        rows = [
+            {
+                "pair_index": p.index,
+                "prompt": p.prompt,
+                "category": p.category,
+                "seed": p.seed,
+                "diff": f.astype(np.float64) - base[(p.prompt, p.seed)],
+            }
+            for p, f in zip(chunk, feats)
+        ]
+        thumbs = [
+            (p.index, self.store.jobs.base_thumbnail(self.base_key(), p.prompt, p.seed), png_thumbnail(img))
+            for p, img in zip(chunk, images)
+            if p.index < self.thumbnails
+        ]
+        with self.store.transaction():
+            n_done = self.store.jobs.add_pair_results(job_id, rows)
+            if thumbs:
+                self.store.jobs.put_thumbnails(job_id, thumbs)
+        self.stats.seconds["generate"] += t2 - t
+        self.stats.seconds["embed"] += t3 - t2
+        self.stats.seconds["store"] += time.perf_counter() - t3
+        return n_done
+
+    def finish(
+        self,
+        job: dict[str, Any],
+        subset: Any,
+        protocol: Protocol,
+        trigger: Sequence[str] | str | None,
+        *,
+        adaptive: dict[str, Any] | None = None,
+    ) -> Representation:
         """Summarise the stored diffs with the numpy core and store the representation."""
         job_id = int(job["job_id"])
         meta, diffs = self.store.jobs.pair_diffs(job_id)
-        pairs, _ = protocol_pairs(protocol)
+        pairs, _ = protocol_pairs(protocol, job_prompt_set(job.get("options")))
+        if adaptive is not None:  # stopped early: the pairs of the rounds it ran (provenance["adaptive"])
+            pairs = pairs[: int(adaptive["pairs_used"])]
         if len(meta) != len(pairs):
             raise InvalidInputError(f"job {job_id} has {len(meta)} of {len(pairs)} pairs; cannot finish")
         rep = summarize(diffs)
+        # prompts are the independent draws (seeds share the prompt's effect): intervals per prompt cluster
+        uncertainty = estimate_uncertainty(diffs, meta["prompt"].tolist()).to_dict()
         settings = self.backend.settings_dict()
         self.store.reps.put(
             job["lora_id"],
@@ -235,9 +326,13 @@ class Characterizer:
                 "source_hash": (job.get("options") or {}).get("sha256"),
                 "code_version": f"carlos-dashboard {__version__}",
                 "job_id": job_id,
-                "trigger": trigger,
+                "trigger": ", ".join(trigger_words(trigger)) or None,  # the text appended after ", "
+                "trigger_words": list(trigger_words(trigger)),
+                "protocol_spec": protocol.spec(),
                 "settings": settings,
                 "clip_weights": getattr(self.clip, "weights_source", None),
+                "uncertainty": uncertainty,
+                **({"adaptive": adaptive} if adaptive is not None else {}),
             },
         )
         self.store.jobs.set_status(job_id, "finished")

@@ -14,13 +14,22 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carlos.characterize.engine import CLIP_FOR_BACKEND, Characterizer, Progress, get_protocol, protocol_pairs
-from carlos.config import DEFAULT_BACKEND, DEFAULT_PROTOCOL
+from carlos.characterize.engine import (
+    CLIP_FOR_BACKEND,
+    DTYPES,
+    Characterizer,
+    Progress,
+    get_protocol,
+    job_prompt_set,
+    protocol_pairs,
+    trigger_words,
+)
+from carlos.config import DEFAULT_BACKEND, DEFAULT_PROMPT_SET, DEFAULT_PROTOCOL
 from carlos.errors import CarlosError, InvalidInputError
 from carlos.files.validate import LoRAFileLimits, LoRAFileReport, inspect_lora, safe_filename
 from carlos.store.store import Store
@@ -69,23 +78,31 @@ def submit(
     *,
     backend: str = DEFAULT_BACKEND,
     protocol: str = DEFAULT_PROTOCOL,
-    trigger: str | None = None,
+    trigger: str | Sequence[str] | None = None,
     original_name: str | None = None,
     requested_by: str | None = None,
     uploads_dir: Path | None = None,
     limits: LoRAFileLimits | None = None,
     name: str | None = None,
+    prompt_set: str = DEFAULT_PROMPT_SET,
+    adaptive: dict[str, Any] | None = None,
 ) -> Submission:
     """Validate, store a sanitised copy, register the LoRA and enqueue its job.
 
-    ``name`` (e.g. from a manifest) is the display name of a LoRA registered for the first
-    time; by default the file's metadata title or its file name.
+    ``adaptive``: stopping settings of an ``adaptive`` job (``AdaptiveSettings`` fields, and
+    ``thresholds``: a dict of ``strength_max`` / ``consistency_min``; see ``adaptive_run``).
+
+    ``trigger``: the trigger words, in order (a plain string is one word); each LoRA prompt
+    gets ``", " + word`` for every one (:func:`~carlos.characterize.engine.lora_prompt`).
+    ``prompt_set``: a registered prompt set (default: the authors'). ``name`` (e.g. from a
+    manifest) is the display name of a LoRA registered for the first time; by default the
+    file's metadata title or its file name.
     """
     path = Path(path)
     proto = get_protocol(protocol)
+    words = list(trigger_words(trigger))
+    pairs, _ = protocol_pairs(proto, prompt_set)  # an unknown or absent prompt set fails before anything is stored
     report = validate_upload(path, original_name or path.name, backend, limits)
-    if trigger is not None:
-        trigger = " ".join(trigger.split())[:200] or None
     uploads_dir = uploads_dir or store.path.parent / "cache" / "uploads"
     uploads_dir.mkdir(parents=True, exist_ok=True)
     stored = uploads_dir / f"{report.sha256}.safetensors"
@@ -116,13 +133,28 @@ def submit(
         ]
     )
     for job_id, options in store.jobs.live_of(lora_id, backend, protocol):
-        if json.loads(options or "{}").get("trigger") == trigger:
+        opts = json.loads(options or "{}")
+        same_adaptive = opts.get("adaptive") == _adaptive_options(adaptive).get("adaptive")
+        if list(trigger_words(opts.get("trigger"))) == words and job_prompt_set(opts) == prompt_set and same_adaptive:
             return Submission(int(job_id), lora_id, report, int(job_id), known)
-    pairs, _ = protocol_pairs(proto)
     job_id = store.jobs.enqueue(
-        lora_id, str(stored), backend, protocol, len(pairs), {"trigger": trigger, "sha256": report.sha256}, requested_by
+        lora_id,
+        str(stored),
+        backend,
+        protocol,
+        len(pairs),
+        {"trigger": words, "prompt_set": prompt_set, "sha256": report.sha256, **_adaptive_options(adaptive)},
+        requested_by,
     )
     return Submission(job_id, lora_id, report, None, known)
+
+
+def _adaptive_options(adaptive: dict[str, Any] | None) -> dict[str, Any]:
+    if not adaptive:
+        return {}
+    adaptive = dict(adaptive)
+    thresholds = adaptive.pop("thresholds", None)
+    return {"adaptive": adaptive, **({"thresholds": thresholds} if thresholds is not None else {})}
 
 
 def cancel(store: Store, job_id: int) -> bool:
@@ -139,24 +171,51 @@ BackendFactory = Callable[[str, str], Any]  # (backend name, protocol) -> Diffus
 ClipFactory = Callable[[str], Any]  # (clip registry name) -> ClipEmbedder
 
 
-def default_backend_factory(name: str, protocol: str) -> Any:
-    from carlos.models.diffusion import DiffusionBackend, DiffusionSettings, get_backend_spec
+def backend_settings(name: str, protocol: str, *, gpu: bool | None = None) -> tuple[Any, str | None]:
+    """(DiffusionSettings, dtype or None) a backend runs a protocol's spec with.
+
+    The protocol's noise scheme always applies; its steps, guidance and size replace the
+    backend's defaults where they are not None (None: the pipeline's default); the tiny demo
+    pipeline keeps its own toy steps and size. The dtype applies to full-size backends on a GPU (``gpu``: default, whether
+    torch sees CUDA); None lets the backend choose (fp32 on a CPU).
+    """
+    from dataclasses import replace
+
+    from carlos.models.diffusion import get_backend_spec
 
     proto = get_protocol(protocol)
-    spec = get_backend_spec(name)
+    if proto.negative_prompt is not None:
+        raise InvalidInputError(f"protocol {proto.name}: the diffusion backends take no negative prompt")
+    settings = replace(get_backend_spec(name).default_settings, noise=proto.noise)
+    if name == "tiny":
+        return settings, None
+    changes: dict[str, Any] = {"lora_scale": proto.lora_scale}
+    if proto.steps is not None:
+        changes["steps"] = proto.steps
+    if proto.guidance is not None:
+        changes["guidance_scale"] = proto.guidance
+    if proto.size is not None:
+        changes.update(height=proto.size, width=proto.size)
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    return replace(settings, **changes), (DTYPES[proto.dtype] if proto.dtype is not None and gpu else None)
+
+
+def default_backend_factory(name: str, protocol: str, *, fast_path: Any = None) -> Any:
+    """The backend a worker runs ``protocol`` with; ``fast_path``: a
+    :class:`~carlos.models.fast_path.FastPath` (default: all its speed-ups, none of which changes the images)."""
+    from carlos.models.diffusion import DiffusionBackend
+
     if name == "tiny":
         import torch
 
         # the tiny pipeline's ops are too small to gain from threads; on a busy 2-core
         # machine extra threads made it 10-40x slower (measured)
         torch.set_num_threads(1)
-    settings = spec.default_settings
-    if name != "tiny" and proto.steps is not None:
-        from dataclasses import replace
-
-        settings = replace(settings, steps=proto.steps, height=proto.size, width=proto.size)
-    assert isinstance(settings, DiffusionSettings)
-    return DiffusionBackend(name, settings=settings)
+    settings, dtype = backend_settings(name, protocol)
+    return DiffusionBackend(name, settings=settings, dtype=dtype, fast_path=fast_path)
 
 
 def default_clip_factory(name: str) -> Any:

@@ -33,8 +33,10 @@ from carlos.characterize.engine import (
     Pair,
     Progress,
     get_protocol,
+    job_prompt_set,
     lora_prompt,
     protocol_pairs,
+    trigger_words,
 )
 from carlos.characterize.ray_actors import ActorSlot, RayConfig, driver_characterizer, ray_error_reason, start_actors, stop_actors
 from carlos.errors import CarlosError, InvalidInputError
@@ -74,7 +76,7 @@ class _Chunk:
 @dataclass
 class _Job:
     job: dict[str, Any]
-    trigger: str | None
+    trigger: tuple[str, ...]  # trigger words, appended in order
     done: int
     pending: deque = field(default_factory=deque)
     lora_box: list[Any] = field(default_factory=list)  # [ObjectRef of the file's bytes]
@@ -90,6 +92,7 @@ class _Driver:
         slots: list[ActorSlot],
         jobs: list[dict[str, Any]],
         protocol: str,
+        prompt_set: str,
         config: RayConfig,
         progress: Progress | None,
         report: RunReport,
@@ -97,7 +100,7 @@ class _Driver:
         self.store, self.slots, self.config, self.progress, self.report = store, slots, config, progress, report
         self.worker_id = config.worker_id or f"ray-driver@{socket.gethostname()}"
         self.protocol = get_protocol(protocol)
-        self.pairs, self.subset = protocol_pairs(self.protocol)
+        self.pairs, self.subset = protocol_pairs(self.protocol, prompt_set)
         self.char = driver_characterizer(store, slots[0].desc, config.thumbnails)
         self.base_key = self.char.base_key()
         self.waiting = deque(int(j["job_id"]) for j in jobs)  # not opened (claimed) yet
@@ -132,7 +135,7 @@ class _Driver:
             return self._skip(job, f"running on worker {holder}")
         stored = self.store.jobs.done_pairs(job_id)
         self.report.lora_pairs_already_stored += len(stored)
-        state = _Job(claimed, (claimed.get("options") or {}).get("trigger") or None, len(stored))
+        state = _Job(claimed, trigger_words((claimed.get("options") or {}).get("trigger")), len(stored))
         todo = [p for p in self.pairs if p.index not in stored]
         if not todo:
             self._finish(state)
@@ -349,7 +352,7 @@ def characterize_on_ray(
     backend_factory: Callable | None = None,
     clip_factory: Callable | None = None,
 ) -> RunReport:
-    """Run queued jobs (one backend and protocol) on the connected Ray cluster (``ray.init`` first).
+    """Run queued jobs (one backend, protocol and prompt set) on the connected Ray cluster (``ray.init`` first).
 
     Finished jobs are skipped, stored pairs are not recomputed; stopping at any point (an
     exception, Ctrl-C, a killed driver) loses only the chunks in flight.
@@ -371,17 +374,17 @@ def characterize_on_ray(
             report.skipped[job_id] = f"already {job['status']}"
         else:
             jobs.append(job)
-    kinds = {(j["backend"], j["protocol"]) for j in jobs}
+    kinds = {(j["backend"], j["protocol"], job_prompt_set(j.get("options"))) for j in jobs}
     if len(kinds) > 1:
-        raise InvalidInputError(f"one backend and protocol per run, got {sorted(kinds)}")
+        raise InvalidInputError(f"one backend, protocol and prompt set per run, got {sorted(kinds)}")
     if not jobs:
         return report
-    ((backend, protocol),) = kinds
+    ((backend, protocol, prompt_set),) = kinds
     slots = start_actors(config, backend, protocol, backend_factory, clip_factory)
     report.actors, report.devices = len(slots), [s.desc["where"] for s in slots]
     driver = None
     try:
-        driver = _Driver(store, slots, jobs, protocol, config, progress, report)
+        driver = _Driver(store, slots, jobs, protocol, prompt_set, config, progress, report)
         driver.run()
     finally:
         if driver is not None:

@@ -1,5 +1,6 @@
 """What characterization leaves in the store, as the pages and the CLI read it: jobs, the
-representation a job produced, per-pair results and image thumbnails of one LoRA."""
+representation a job produced, per-pair results, image thumbnails of one LoRA, and the
+intervals and confident risk class stored with a representation (``provenance["uncertainty"]``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from typing import Any
 
 import pandas as pd
 
+from carlos.config import Thresholds
+from carlos.core.confidence import NO_INTERVAL, risk_call
+from carlos.core.uncertainty import Uncertainty
 from carlos.store.representations import StoredRepresentation
 from carlos.store.store import Store
 
@@ -34,3 +38,61 @@ def pair_results(store: Store, lora_id: str) -> pd.DataFrame:
 def thumbnails(store: Store, lora_id: str) -> pd.DataFrame:
     """Base/LoRA thumbnail pairs of the LoRA's local characterization (empty when none)."""
     return store.jobs.thumbnails_of(lora_id)
+
+
+def uncertainty_of(rep: StoredRepresentation) -> Uncertainty | None:
+    """The intervals stored with a representation; None for corpus rows (no per-pair data)."""
+    stored = rep.provenance.get("uncertainty")
+    return Uncertainty.from_dict(stored) if isinstance(stored, dict) else None
+
+
+def interval_fields(rep: StoredRepresentation, thresholds: Thresholds, review_cuts: tuple[float, float] | None = None) -> dict[str, Any]:
+    """What ``show`` and the detail page print of one representation's uncertainty: the stored
+    result, the texts "4.12 ± 0.31 (95%: 3.50–4.74)" and the risk class with its confidence."""
+    u = uncertainty_of(rep)
+    call = risk_call(u, thresholds, review_cuts)
+    return {
+        "uncertainty": None if u is None else u.to_dict(),
+        "strength_text": NO_INTERVAL if u is None else u.strength_text(),
+        "consistency_text": NO_INTERVAL if u is None else u.consistency_text(),
+        "risk_confidence": call.label,
+        "risk_probabilities": call.probabilities,
+    }
+
+
+INTERVAL_COLUMNS = ("strength_lo", "strength_hi", "consistency_lo", "consistency_hi", "risk_confidence")
+
+
+def interval_frame(
+    store: Store, frame: pd.DataFrame, thresholds: Thresholds, review_cuts: tuple[float, float] | None = None
+) -> pd.DataFrame:
+    """Per uploaded LoRA of a corpus frame (its ``rep_id`` rows), the 95 % intervals and the risk
+    class with confidence, in one query; LoRAs without stored intervals are left out."""
+    cols = ["lora_id", *INTERVAL_COLUMNS]
+    if frame.empty or "rep_id" not in frame:
+        return pd.DataFrame(columns=cols)
+    rows = frame[frame["source"] == "upload"] if "source" in frame else frame
+    stored = store.reps.provenance_field(rows["rep_id"].astype(int).tolist(), "uncertainty")
+    out = []
+    for lora_id, rep_id in zip(rows["lora_id"], rows["rep_id"].astype(int)):
+        u = Uncertainty.from_dict(stored[rep_id]) if rep_id in stored else None
+        if u is None or not u.available or u.strength_interval is None or u.consistency_interval is None:
+            continue
+        (s_lo, s_hi), (c_lo, c_hi) = u.strength_interval, u.consistency_interval
+        out.append((lora_id, s_lo, s_hi, c_lo, c_hi, risk_call(u, thresholds, review_cuts).label))
+    return pd.DataFrame(out, columns=cols)
+
+
+def representation_intervals(store: Store, lora_id: str) -> pd.DataFrame:
+    """One row per representation of the LoRA that has intervals (its local characterizations),
+    newest first: label, the stored Strength and Consistency and their 95 % bounds."""
+    rows = []
+    for rep in store.reps.of(lora_id):
+        u = uncertainty_of(rep)
+        if u is None or u.strength_interval is None or u.consistency_interval is None:
+            continue
+        prov = rep.provenance
+        label = f"{prov.get('protocol')} · {prov.get('backend')} · {rep.embedder} (#{rep.rep_id})"
+        rows.append((label, rep.strength, *u.strength_interval, rep.consistency, *u.consistency_interval, u.n_clusters))
+    cols = ["label", "strength", "strength_lo", "strength_hi", "consistency", "consistency_lo", "consistency_hi", "prompts"]
+    return pd.DataFrame(rows, columns=cols)

@@ -1,4 +1,4 @@
-"""``bench query|scale|characterize``: benchmarks measured side by side in one run (tables in bench/README.md)."""
+"""``bench query|scale|characterize|adaptive``: benchmarks measured side by side in one run (tables in bench/README.md)."""
 
 from __future__ import annotations
 
@@ -38,22 +38,21 @@ def _finish(args: argparse.Namespace, name: str, result: dict[str, Any], text: s
 
 
 def _bench_query(args: argparse.Namespace) -> int:
-    from carlos.bench.query import (
-        DEFAULT_QUERIES,
-        QueryBenchConfig,
-        query_bench_markdown,
-        query_bench_text,
-        run_query_bench,
-    )
+    from carlos.bench.query import DEFAULT_QUERIES, QueryBenchConfig, run_query_bench
+    from carlos.bench.query_report import query_bench_markdown, query_bench_text
 
     if not args.query and not 1 <= args.n_queries <= len(DEFAULT_QUERIES):
         raise InvalidInputError(f"--n-queries must be between 1 and {len(DEFAULT_QUERIES)}; or pass --query")
     queries = tuple(args.query) if args.query else DEFAULT_QUERIES[: args.n_queries]
-    cfg = QueryBenchConfig(clip_model=args.clip_model, queries=queries, ref_batch=args.ref_batch, warm_repeats=args.warm_repeats)
+    cfg = QueryBenchConfig(
+        clip_model=args.clip_model, queries=queries, ref_batch=args.ref_batch, repeats=args.repeats, warm_repeats=args.warm_repeats
+    )
     bar, update = progress_bar("queries", disabled=args.quiet or args.json or args.markdown)
     result = run_query_bench(cfg, progress=update)
     close(bar)
     cmd = f"python -m carlos bench query --clip-model {args.clip_model} --n-queries {len(queries)}"
+    if args.repeats != 3:
+        cmd += f" --repeats {args.repeats}"
     return _finish(args, "query", result, query_bench_text(result), query_bench_markdown(result, cmd))
 
 
@@ -92,13 +91,58 @@ def _default_db() -> Path:
 
 
 def _bench_characterize(args: argparse.Namespace) -> int:
+    import json
+
     from carlos.bench.characterize import CharBenchConfig, run_characterize_bench
     from carlos.bench.characterize_report import characterize_bench_markdown, characterize_bench_text
 
-    cfg = CharBenchConfig(backend=args.backend, protocol=args.protocol, n_loras=args.loras, ref_batch=args.ref_batch)
-    result = run_characterize_bench(cfg, gpu=args.gpu)
-    cmd = f"python -m carlos bench characterize --protocol {args.protocol} --loras {args.loras}"
-    return _finish(args, "characterize", result, characterize_bench_text(result), characterize_bench_markdown(result, cmd))
+    if args.from_json:  # render a saved result (e.g. bench/gpu.sh's from a GPU machine), measure nothing
+        result = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        cmd = result.get("command", "python -m carlos bench characterize")
+    else:
+        cfg = CharBenchConfig(
+            backend=args.backend,
+            protocol=args.protocol,
+            n_loras=args.loras,
+            ref_batch=args.ref_batch,
+            seeds=args.seeds,
+            adaptive_images=args.adaptive_images,
+            compile_unet=args.compile_unet,
+            batch_sweep=tuple(int_list(args.batch_sweep)) if args.batch_sweep else (),
+        )
+        result = run_characterize_bench(cfg, gpu=args.gpu)
+        cmd = f"python -m carlos bench characterize --backend {args.backend} --protocol {args.protocol} --loras {args.loras}"
+        for flag, value in (("--seeds", args.seeds), ("--adaptive-images", args.adaptive_images), ("--batch-sweep", args.batch_sweep)):
+            cmd += f" {flag} {value}" if value else ""
+        cmd += " --compile-unet" if args.compile_unet else ""
+        result["command"] = cmd
+    on_gpu = bool(result["cases"]) and all(c["device"].startswith("cuda") for c in result["cases"])
+    name = "characterize-gpu" if on_gpu else "characterize"  # GPU results have their own README section
+    return _finish(args, name, result, characterize_bench_text(result), characterize_bench_markdown(result, cmd))
+
+
+def _bench_adaptive(args: argparse.Namespace) -> int:
+    from carlos.bench.adaptive import AdaptiveBenchConfig, adaptive_bench_markdown, adaptive_bench_text, run_adaptive_bench
+    from carlos.config import default_paths
+    from carlos.core.adaptive import AdaptiveSettings
+    from carlos.data.corpus import fetch_release
+
+    splits = tuple(float(x) for x in args.splits.split(",") if x.strip())
+    if not splits or not all(0.0 <= x <= 1.0 for x in splits):
+        raise InvalidInputError(f"--splits must be prompt shares within [0, 1], got {args.splits!r}")
+    settings = AdaptiveSettings(
+        min_pairs=args.min_pairs,
+        target_cosine=args.target_cosine,
+        strength_half_width=args.strength_half_width,
+        consistency_half_width=args.consistency_half_width,
+    )
+    cfg = AdaptiveBenchConfig(splits=splits, n_loras=args.loras, seed=args.seed, workers=args.workers, settings=settings)
+    bar, update = progress_bar("LoRAs", disabled=args.quiet or args.json or args.markdown)
+    result = run_adaptive_bench(fetch_release(default_paths().cache_dir), cfg, progress=update)
+    close(bar)
+    cmd = f"python -m carlos bench adaptive --splits {args.splits}" + (f" --loras {args.loras}" if args.loras else "")
+    result["command"] = cmd
+    return _finish(args, "adaptive", result, adaptive_bench_text(result), adaptive_bench_markdown(result, cmd))
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -113,11 +157,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmarks: query directions, scale, characterization throughput")
     bsub = p.add_subparsers(dest="bench_command", required=True)
 
-    q = bsub.add_parser("query", help="reference procedure vs prefix KV cache vs warm caches, one process")
+    q = bsub.add_parser("query", help="shipped (pad-to-longest) and 77-padded procedures vs prefix KV cache vs warm caches")
     add_clip_model(q, RANDOM_CLIP, "CLIP model (random weights time the same)")
     q.add_argument("--query", action="append", help="a query to time (repeatable; default: built-in ones)")
     q.add_argument("--n-queries", type=int, default=3, help="how many built-in queries (max 5)")
-    q.add_argument("--ref-batch", type=int, default=64, help="batch size of the reference encodings")
+    q.add_argument("--ref-batch", type=int, default=64, help="batch size of the 77-padded reference encodings")
+    q.add_argument("--repeats", type=int, default=3, help="shipped/cold pairs timed per query (median and range)")
     q.add_argument("--warm-repeats", type=int, default=20, help="repeats per warm measurement")
     _add_output(q)
     q.set_defaults(func=_bench_query)
@@ -141,9 +186,28 @@ def register(sub: Any) -> None:
     add_backend(c, DEFAULT_BACKEND)
     add_protocol(c, "quick")
     c.add_argument("--loras", type=int, default=3, help="how many test LoRAs")
-    c.add_argument("--ref-batch", type=int, default=4, help="the reference's generation batch")
+    c.add_argument("--ref-batch", type=int, default=4, help="the reference's images per call (4 as released)")
+    c.add_argument("--seeds", type=int, help="images per prompt instead of the protocol's (e.g. 16 as in paper, 8: two calls of 4)")
+    c.add_argument(
+        "--adaptive-images", type=int, help="LoRA images of an adaptive run for a cost row, e.g. 448 (issue 13's 10x target); not measured"
+    )
+    c.add_argument("--compile-unet", action="store_true", help="ours with torch.compile of the UNet (the first batch compiles)")
+    c.add_argument("--batch-sweep", help="CUDA: time the UNet/VAE and peak memory at these batch sizes, e.g. 4,8,16")
+    c.add_argument("--from-json", help="render a saved --json result (text, --markdown, --write-readme) instead of measuring")
     c.add_argument(
         "--gpu", choices=["auto", "off"], default="auto", help="auto: also run sdxl-random at 1024²/25 steps when CUDA is available"
     )
     _add_output(c)
     c.set_defaults(func=_bench_characterize)
+
+    a = bsub.add_parser("adaptive", help="the adaptive protocol's stopping rule vs the full 4,480 pairs, simulated on the corpus")
+    a.add_argument("--loras", type=int, help="the first N released LoRAs (default: all 740)")
+    a.add_argument("--splits", default="0.25,0.5,0.75", help="prompt shares of the diff variance, e.g. 0.25,0.5,0.75")
+    a.add_argument("--seed", type=int, default=0, help="seed of the synthetic clouds")
+    a.add_argument("--workers", type=int, default=2, help="processes (1: this one)")
+    a.add_argument("--min-pairs", type=int, default=70)
+    a.add_argument("--target-cosine", type=float, default=0.99, help="expected Direction cosine to the full protocol's")
+    a.add_argument("--strength-half-width", type=float, default=0.25)
+    a.add_argument("--consistency-half-width", type=float, default=0.01)
+    _add_output(a)
+    a.set_defaults(func=_bench_adaptive)

@@ -10,8 +10,10 @@ from typing import Any
 from carlos.cli.common import (
     add_backend,
     add_json,
+    add_prompt_set,
     add_protocol,
     add_quiet,
+    add_trigger,
     close,
     emit,
     open_store,
@@ -23,9 +25,18 @@ from carlos.config import DEFAULT_BACKEND, DEFAULT_PROTOCOL
 def _characterize(args: argparse.Namespace) -> int:
 
     from carlos.characterize import jobs
+    from carlos.characterize.results import uncertainty_of
 
     store = open_store(args)
-    sub = jobs.submit(store, Path(args.file), backend=args.backend, protocol=args.protocol, trigger=args.trigger, requested_by="cli")
+    sub = jobs.submit(
+        store,
+        Path(args.file),
+        backend=args.backend,
+        protocol=args.protocol,
+        trigger=args.trigger,
+        prompt_set=args.prompt_set,
+        requested_by="cli",
+    )
     if args.backend == "tiny":
         print(
             "note: the tiny backend has random weights; its numbers demonstrate the flow and mean nothing about the LoRA", file=sys.stderr
@@ -42,6 +53,7 @@ def _characterize(args: argparse.Namespace) -> int:
 
         raise CarlosError(f"job {sub.job_id} {job['status']}: {job['error'] or 'see the worker log'}")
     rep = next(r for r in store.reps.of(sub.lora_id) if r.provenance.get("job_id") == sub.job_id)
+    u = uncertainty_of(rep)  # None: a job finished before intervals were stored
     out = {
         "job_id": sub.job_id,
         "lora_id": sub.lora_id,
@@ -49,16 +61,23 @@ def _characterize(args: argparse.Namespace) -> int:
         "strength": rep.strength,
         "consistency": rep.consistency,
         "n_samples": rep.n_samples,
+        "strength_se": u.strength_se if u else None,
+        "strength_interval": u.to_dict()["strength_interval"] if u else None,
+        "consistency_se": u.consistency_se if u else None,
+        "consistency_interval": u.to_dict()["consistency_interval"] if u else None,
+        "uncertainty": u.to_dict() if u else None,
         "provenance": rep.provenance,
         "file": sub.report.to_dict(),
         "reused_existing_job": sub.duplicate_of_job is not None,
+        "adaptive": rep.provenance.get("adaptive"),  # protocol adaptive: pairs used, reason, message
     }
-    emit(
-        args,
-        out,
-        f"{sub.lora_id} [{rep.embedder}]: Strength {rep.strength:.4f}, "
-        f"Consistency {rep.consistency:.4f} over {rep.n_samples} pairs (job {sub.job_id})",
+    values = (
+        f"Strength {u.strength_text()}, Consistency {u.consistency_text()}"
+        if u
+        else f"Strength {rep.strength:.4f}, Consistency {rep.consistency:.4f} (no interval stored)"
     )
+    stopped = f"; {out['adaptive']['message']}" if out["adaptive"] else ""
+    emit(args, out, f"{sub.lora_id} [{rep.embedder}]: {values} over {rep.n_samples} pairs (job {sub.job_id}){stopped}")
     return 0
 
 
@@ -101,7 +120,8 @@ def register(sub: Any) -> None:
     p.add_argument("file", help="the LoRA (.safetensors only)")
     add_backend(p, DEFAULT_BACKEND)
     add_protocol(p, DEFAULT_PROTOCOL)
-    p.add_argument("--trigger", help="trigger words appended to the LoRA prompts")
+    add_prompt_set(p, "the prompt set whose index prompts the protocol takes")
+    add_trigger(p)
     add_quiet(p)
     add_json(p)
     p.set_defaults(func=_characterize)

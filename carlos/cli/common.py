@@ -114,6 +114,32 @@ def add_protocol(p: argparse.ArgumentParser, default: str) -> None:
     add_alias(p, "--profile", "--protocol", "protocol", choices=list(PROTOCOLS))
 
 
+def add_prompt_set(p: argparse.ArgumentParser, what: str) -> None:
+    """``--prompt-set NAME``: a registered prompt set (default: the authors', ``carlos-authors``)."""
+    from carlos.config import DEFAULT_PROMPT_SET
+    from carlos.data.prompts import list_prompt_sets
+
+    names = list_prompt_sets()
+    p.add_argument(
+        "--prompt-set",
+        default=DEFAULT_PROMPT_SET,
+        choices=names,
+        metavar="NAME",
+        help=f"{what}: {', '.join(names)} (default {DEFAULT_PROMPT_SET}, the authors' set; `python -m carlos prompt-sets` lists them)",
+    )
+
+
+def add_trigger(p: argparse.ArgumentParser) -> None:
+    """``--trigger WORD``, repeatable: the trigger words, in order."""
+    p.add_argument(
+        "--trigger",
+        action="append",
+        metavar="WORD",
+        help="a trigger word of the LoRA; each LoRA prompt gets ', WORD' appended, for every --trigger in order "
+        "(repeat it for several words; base images never get them)",
+    )
+
+
 def add_backend(p: argparse.ArgumentParser, default: str) -> None:
     from carlos.characterize.engine import CLIP_FOR_BACKEND
 

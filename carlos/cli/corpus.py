@@ -55,7 +55,9 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from carlos.core.risk import nsfw_label
+    from carlos.characterize.results import interval_fields
+    from carlos.core.comparability import comparability
+    from carlos.core.risk import RiskPolicy, nsfw_label
     from carlos.search.views import corpus_view as load_view
 
     store = open_store(args)
@@ -68,6 +70,8 @@ def _show(args: argparse.Namespace) -> int:
     for r in reps:
         view = load_view(store, r.embedder)
         ann = view.annotated().set_index("lora_id").loc[r.lora_id]
+        attrs = view.annotated(RiskPolicy(thresholds=thresholds)).attrs  # where the review region starts
+        cuts = (attrs["review_strength_min"], attrs["review_consistency_min"])
         out["representations"].append(
             {
                 "rep_id": r.rep_id,
@@ -80,6 +84,8 @@ def _show(args: argparse.Namespace) -> int:
                 "consistency_pct": float(ann["consistency_pct"]),
                 "excluded_because": thresholds.exclusion_reasons(r.strength, r.consistency),
                 "flags": list(ann["flags"]),
+                **interval_fields(r, thresholds, cuts),  # uncertainty, its texts, risk class with confidence
+                "comparability": comparability(r.embedder, r.provenance).to_dict(),
                 "provenance": r.provenance,
             }
         )
@@ -93,6 +99,12 @@ def _show(args: argparse.Namespace) -> int:
             f"Consistency {r['consistency']:.4f} (p{r['consistency_pct']:.0f}), "
             f"n={r['n_samples']}, protocol {r['provenance'].get('protocol')}"
         )
+        if r["uncertainty"] is None:
+            lines.append(f"    {r['risk_confidence']}")
+        else:
+            lines.append(f"    Strength {r['strength_text']}, Consistency {r['consistency_text']}")
+            lines.append(f"    risk class: {r['risk_confidence']}")
+        lines.append(f"    {r['comparability']['message']}")
         for reason in r["excluded_because"] + r["flags"]:
             lines.append(f"    flag: {reason}")
     emit(args, out, "\n".join(lines))

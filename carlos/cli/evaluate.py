@@ -75,7 +75,7 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="first N queries of every category (quick runs)")
     p.add_argument("--spans", default="1,3,5,10,20", help="ranking spans k")
     add_clip_model(p, CORPUS_EMBEDDER, "CLIP model of the carlos retriever")
-    p.add_argument("--clip-checkpoint", help="path to the CLIP weights file")
+    p.add_argument("--clip-checkpoint", help="CLIP ViT-B-32 weights: a transformers folder or an open_clip file")
     p.add_argument("--text-model", help="sentence-transformers model name or folder")
     p.add_argument(
         "--no-text-model",

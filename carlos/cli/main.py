@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from carlos.cli import bench, characterize, corpus, evaluate, ray, search
+from carlos.cli import bench, characterize, corpus, evaluate, prompts, ray, search
 from carlos.errors import CarlosError
 
 log = logging.getLogger("carlos")
@@ -21,6 +21,7 @@ log = logging.getLogger("carlos")
 #: Every command group, in the order ``--help`` lists them.
 GROUPS: tuple[Callable[[Any], None], ...] = (
     corpus.register,
+    prompts.register,
     search.register,
     characterize.register,
     ray.register,
@@ -58,3 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -3,6 +3,9 @@
 The manifest is CSV (a header row naming ``path`` and
 optionally ``trigger`` and ``name``) or JSONL (one object per line with those keys);
 relative paths are relative to the manifest's folder, blank lines and ``#`` lines are skipped.
+``trigger`` holds the LoRA's trigger words, in order, separated by ``|`` or ``,``
+(``"pcut style|paper art"``; in JSONL also a list of strings); each LoRA prompt gets
+``", " + word`` for every one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import csv
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,7 @@ from carlos.cli.common import (
     add_alias,
     add_backend,
     add_json,
+    add_prompt_set,
     add_protocol,
     add_quiet,
     close,
@@ -40,8 +45,13 @@ MANIFEST_FIELDS = ("path", "trigger", "name")
 class ManifestEntry:
     line: int  # 1-based line in the manifest, for messages
     path: Path
-    trigger: str | None
+    triggers: tuple[str, ...]  # trigger words, in order
     name: str | None
+
+
+def split_triggers(value: str) -> tuple[str, ...]:
+    """A manifest's ``trigger`` cell as words: separated by ``|`` or ``,``, blanks dropped."""
+    return tuple(w.strip() for w in re.split(r"[|,]", value) if w.strip())
 
 
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
@@ -79,13 +89,19 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
         if not isinstance(raw, str) or not raw.strip():
             raise InvalidInputError(f"{path.name} line {i}: no 'path'")
         file = Path(raw.strip()).expanduser()
-        values = {}
-        for key in ("trigger", "name"):
-            v = rec.get(key)
-            if v is not None and not isinstance(v, str):
-                raise InvalidInputError(f"{path.name} line {i}: '{key}' must be text")
-            values[key] = v.strip() if v and v.strip() else None
-        entries.append(ManifestEntry(i, file if file.is_absolute() else path.parent / file, **values))
+        name = rec.get("name")
+        if name is not None and not isinstance(name, str):
+            raise InvalidInputError(f"{path.name} line {i}: 'name' must be text")
+        trig = rec.get("trigger")
+        if isinstance(trig, list) and all(isinstance(w, str) for w in trig):
+            words = tuple(w.strip() for w in trig if w.strip())
+        elif trig is None or isinstance(trig, str):
+            words = split_triggers(trig or "")
+        else:
+            raise InvalidInputError(f"{path.name} line {i}: 'trigger' must be text (words separated by | or ,) or a list of words")
+        entries.append(
+            ManifestEntry(i, file if file.is_absolute() else path.parent / file, words, name.strip() if name and name.strip() else None)
+        )
     return entries
 
 
@@ -149,8 +165,9 @@ def _characterize_many(args: argparse.Namespace) -> int:
                 e.path,
                 backend=args.backend,
                 protocol=args.protocol,
-                trigger=e.trigger,
+                trigger=list(e.triggers),
                 name=e.name,
+                prompt_set=args.prompt_set,
                 requested_by="characterize-many",
             )
         except (CarlosError, OSError) as err:
@@ -214,7 +231,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "manifest",
         help="CSV with a header (path[,trigger][,name]) or JSONL (one "
-        '{"path": ..., "trigger": ..., "name": ...} per line); paths relative to the manifest',
+        '{"path": ..., "trigger": ..., "name": ...} per line); paths relative to the manifest; '
+        "trigger: the LoRA's trigger words in order, separated by | or , (JSONL: also a list)",
     )
     p.add_argument(
         "--ray",
@@ -226,6 +244,7 @@ def register(sub: Any) -> None:
     )
     add_backend(p, DEFAULT_BACKEND)
     add_protocol(p, DEFAULT_PROTOCOL)
+    add_prompt_set(p, "the prompt set whose index prompts the protocol takes")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local cluster (default: all)")
     p.add_argument("--actors", type=int, help="Ray workers (default: one per GPU, else per --cpus-per-actor CPUs)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)

@@ -8,6 +8,7 @@ from typing import Any
 from carlos.cli.common import (
     add_clip_model,
     add_json,
+    add_prompt_set,
     add_threshold_options,
     emit,
     hits_text,
@@ -28,6 +29,7 @@ def _search(args: argparse.Namespace) -> int:
         thresholds=thresholds_from(args),
         clip_model=args.clip_model,
         clip_checkpoint=args.clip_checkpoint,
+        prompt_set=args.prompt_set,
         text_model=args.text_model,
     )
     service = SearchService(open_store(args))
@@ -58,7 +60,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--top-k", type=int, default=10)
     add_clip_model(p, CORPUS_EMBEDDER)
-    p.add_argument("--clip-checkpoint", help="path to the CLIP weights file")
+    p.add_argument("--clip-checkpoint", help="CLIP ViT-B-32 weights: a transformers folder or an open_clip file")
+    add_prompt_set(p, "--retriever carlos: the prompt set whose query prompts P' form the query direction")
     p.add_argument("--text-model", help="sentence-transformers model name or folder")
     add_threshold_options(p)
     add_json(p)

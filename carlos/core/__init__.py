@@ -3,7 +3,9 @@
 The representation (Direction, Strength, Consistency), the corpus view as arrays
 (``view``), the exact filtered top-k index (``index``), ranking into typed hits
 (``ranking``), text-seeded behaviour search (``behaviour``), risk classes and
-percentiles (``risk``), what a query is (``query``) and creator-text cleaning (``text``).
+percentiles (``risk``), what a query is (``query``) and creator-text cleaning (``text``);
+intervals of a characterization with prompts as clusters (``uncertainty``, ``intervals``)
+and the risk class with its confidence (``confidence``).
 """
 
 from __future__ import annotations

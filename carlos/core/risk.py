@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from carlos.config import Thresholds
+from carlos.config import CORPUS_EMBEDDER, Thresholds
+from carlos.core.comparability import comparable_mask
 from carlos.errors import InvalidInputError
 
 RISK_CLASSES = ("too strong", "too unstable", "review", "low risk")
@@ -75,7 +76,9 @@ def annotate(frame: pd.DataFrame, policy: RiskPolicy | None = None) -> pd.DataFr
         ["too strong", "too unstable", "review"],
         default="low risk",
     )
-    df["duplicate_values"] = quality_masks(df)["duplicate_values"]
+    masks = quality_masks(df)
+    df["duplicate_values"] = masks["duplicate_values"]
+    df["measured_differently"] = masks["measured_differently"]
     df["flags"] = [_flags(r) for r in df.itertuples(index=False)]
     df.attrs["review_strength_min"] = float(s_cut)
     df.attrs["review_consistency_min"] = float(c_cut)
@@ -86,6 +89,7 @@ def annotate(frame: pd.DataFrame, policy: RiskPolicy | None = None) -> pd.DataFr
 QUALITY_FLAGS = {
     "duplicate_values": "identical values to other LoRAs (possible degenerate generation)",
     "missing_metadata": "missing creator metadata",
+    "measured_differently": "measured differently from the corpus (prompt set, noise or model): not directly comparable",
 }
 
 
@@ -98,6 +102,8 @@ def quality_masks(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {
         "duplicate_values": rounded.duplicated(keep=False).to_numpy(),
         "missing_metadata": (model_id.isna() & (source != "upload")).to_numpy(dtype=bool),
+        # frames without provenance columns (synthetic corpora) carry no measurement to compare
+        "measured_differently": ~comparable_mask(frame, CORPUS_EMBEDDER) if "prompt_set" in frame else np.zeros(len(frame), dtype=bool),
     }
 
 
@@ -112,6 +118,8 @@ def _flags(row: Any) -> list[str]:
     model_id = getattr(row, "model_id", None)
     if (model_id is None or pd.isna(model_id)) and getattr(row, "source", "") != "upload":
         flags.append(QUALITY_FLAGS["missing_metadata"])
+    if getattr(row, "measured_differently", False):
+        flags.append(QUALITY_FLAGS["measured_differently"])
     return flags
 
 

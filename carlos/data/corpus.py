@@ -4,7 +4,10 @@ The CARLoS authors published representations of 740 SDXL LoRAs as
 ``carlos/data/metrics_database.parquet`` inside the PyPI wheel ``carlos==0.0.3``
 (Apache-2.0). That package shares our name and needs Python 3.9, so we only
 *download* its wheel with pip, check the wheel's and the parquet's pinned
-sha256, and import the rows into our store with their provenance.
+sha256, and import the rows into our store with their provenance. The same wheel
+holds the authors' prompt set (``carlos/generative_prompts.py``): set-up extracts
+and verifies it next to the parquet, never imports it, and
+:mod:`carlos.data.authors_prompts` reads it as data.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carlos import __version__
 from carlos.config import CORPUS_EMBEDDER
 from carlos.errors import CorpusIntegrityError
-from carlos.store.store import Store
+
+if TYPE_CHECKING:  # the store is only passed in: importing this module stays cheap (no numpy, no DuckDB)
+    from carlos.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +47,17 @@ class CorpusRelease:
     dim: int
     embedder: str
     licence: str
+    prompts_member: str  # the authors' prompt set, extracted next to the parquet
+    prompts_sha256: str
 
     @property
     def source(self) -> str:
         return f"pypi:{self.package}=={self.version}"
+
+
+def release_dir(cache_dir: Path, release: CorpusRelease) -> Path:
+    """Where a release's verified members are kept: ``<cache>/corpus/<package>-<version>/``."""
+    return Path(cache_dir) / "corpus" / f"{release.package}-{release.version}"
 
 
 AUTHORS_RELEASE = CorpusRelease(
@@ -57,6 +70,8 @@ AUTHORS_RELEASE = CorpusRelease(
     dim=512,
     embedder=CORPUS_EMBEDDER,
     licence="Apache-2.0",
+    prompts_member="carlos/generative_prompts.py",
+    prompts_sha256="5bc1b9fe90ae18f51dc2060cb4f2020b3b1a89bcd82cc20ec7928d9fa4349307",
 )
 
 #: What the paper's protocol was, recorded on every imported representation.
@@ -102,12 +117,22 @@ def _check(path: Path, expected: str, what: str) -> None:
 
 
 def fetch_release(cache_dir: Path, release: CorpusRelease = AUTHORS_RELEASE) -> Path:
-    """Path of the verified parquet, downloading the wheel with pip if needed."""
-    out = cache_dir / "corpus" / f"{release.package}-{release.version}" / Path(release.member).name
+    """Path of the verified parquet, downloading the wheel with pip if needed.
+
+    The authors' prompt file is extracted and verified next to it (from the same wheel)
+    when it is not there yet, so every set-up path (``corpus import``, ``make store``,
+    the test session) leaves both in the cache.
+    """
+    folder = release_dir(cache_dir, release)
+    out = folder / Path(release.member).name
+    prompts = folder / Path(release.prompts_member).name
+    if out.exists() and prompts.exists():
+        _check(out, release.member_sha256, "cached corpus file")
+        _check(prompts, release.prompts_sha256, "cached prompt file")
+        return out
     if out.exists():
         _check(out, release.member_sha256, "cached corpus file")
-        return out
-    wheel_dir = cache_dir / "wheels"
+    wheel_dir = Path(cache_dir) / "wheels"
     wheel_dir.mkdir(parents=True, exist_ok=True)
     wheels = sorted(wheel_dir.glob(f"{release.package}-{release.version}-*.whl"))
     if not wheels:
@@ -137,23 +162,29 @@ def fetch_release(cache_dir: Path, release: CorpusRelease = AUTHORS_RELEASE) -> 
 
 
 def extract_from_wheel(wheel: Path, out: Path, release: CorpusRelease = AUTHORS_RELEASE) -> Path:
-    """Verify ``wheel`` and extract its corpus member to ``out`` (atomically)."""
+    """Verify ``wheel``, extract its corpus member to ``out`` and its prompt file next to it (atomically)."""
     _check(wheel, release.wheel_sha256, "wheel")
+    _extract_member(wheel, release.member, release.member_sha256, out, "corpus file")
+    _extract_member(wheel, release.prompts_member, release.prompts_sha256, out.parent / Path(release.prompts_member).name, "prompt file")
+    return out
+
+
+def _extract_member(wheel: Path, member: str, sha256: str, out: Path, what: str) -> None:
+    """Copy one member of a verified wheel to ``out``; refused (and nothing left) unless its sha256 is ``sha256``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(release.member) as src:
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
             with tempfile.NamedTemporaryFile(dir=out.parent, delete=False) as tmp:
                 shutil.copyfileobj(src, tmp)
     except (zipfile.BadZipFile, KeyError) as e:
-        raise CorpusIntegrityError(f"{wheel} is not a valid wheel holding {release.member}") from e
+        raise CorpusIntegrityError(f"{wheel} is not a valid wheel holding {member}") from e
     tmp_path = Path(tmp.name)
     try:
-        _check(tmp_path, release.member_sha256, "corpus file")
+        _check(tmp_path, sha256, what)
     except CorpusIntegrityError:
         tmp_path.unlink(missing_ok=True)
         raise
     tmp_path.replace(out)
-    return out
 
 
 def _load_rows(parquet: Path, release: CorpusRelease) -> list[dict]:
@@ -242,7 +273,7 @@ def ensure_corpus(store: Store, cache_dir: Path, *, wheel: Path | None = None) -
     """Fetch (or take ``wheel``), verify, and import; the set-up commands call this."""
     release = AUTHORS_RELEASE
     if wheel is not None:
-        out = cache_dir / "corpus" / f"{release.package}-{release.version}" / Path(release.member).name
+        out = release_dir(cache_dir, release) / Path(release.member).name
         parquet = extract_from_wheel(Path(wheel), out, release)
     else:
         parquet = fetch_release(cache_dir, release)

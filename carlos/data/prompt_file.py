@@ -1,7 +1,8 @@
 """Reading a prompt-set JSON file and refusing any that is malformed, with the place to fix.
 
 The file holds categories, their subcategories, and per subcategory equally many
-``index`` and ``query`` prompts. This module owns the checks (keys, names, whitespace,
+``index`` and ``query`` prompts (:func:`build_prompt_set` takes the same structure from
+another source). This module owns the checks (keys, names, whitespace,
 trailing punctuation, duplicates, index/query overlap, the expected shape) and builds
 the :class:`~carlos.data.prompt_set.PromptSet`, whose hash covers the categories only.
 
@@ -67,6 +68,21 @@ def load_prompt_set(
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     return _build(doc, str(path), shape, per_subcategory)
+
+
+def build_prompt_set(
+    doc: Any,
+    where: str,
+    *,
+    shape: Mapping[str, int] | None = PAPER_SHAPE,
+    per_subcategory: int | None = PAPER_PER_SUBCATEGORY,
+) -> PromptSet:
+    """Validate a prompt-set document (the JSON file's structure, from any source) and build it.
+
+    ``where`` names the source in messages; the checks and the hash are those of
+    :func:`load_prompt_set` (the authors' set, :mod:`carlos.data.authors_prompts`, uses it).
+    """
+    return _build(doc, where, shape, per_subcategory)
 
 
 def _build(doc: Any, where: str, shape: Mapping[str, int] | None, per_sub: int | None) -> PromptSet:

@@ -1,6 +1,8 @@
 """The models, torch imported lazily inside them: CLIP embedders (``clip``, the registry and
-checkpoint resolution in ``clip_registry``), the prefix KV cache of query directions
-(``prefix_cache``), diffusion backends (``diffusion``; SDXL architectures as data in
+checkpoint resolution in ``clip_registry``, transformers-format checkpoints converted to open_clip
+in ``clip_transformers``), the prefix KV cache of query directions
+(``prefix_cache``; the text tower run piece by piece, pad-to-longest included, in
+``text_tower``), diffusion backends (``diffusion``; SDXL architectures as data in
 ``sdxl_arch``, tiny pipelines built from config in ``tiny_sdxl``, real weights in
 ``sdxl_loader``, tokenizers in ``clip_tokenizer``), the textual baselines' models
 (``bm25``, ``sentence``) and the int8 GEMV backend of the direction index (``int8``).

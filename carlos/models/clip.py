@@ -1,9 +1,12 @@
 """CLIP embedders: one interface for the real ViT-B/32 and a tiny local model.
 
-The paper's space is open_clip ``ViT-B-32`` with OpenAI weights, projected and
+The paper's space is CLIP ``ViT-B-32`` with OpenAI weights, projected and
 *not* normalized. Which models exist and where their weights are is
 :mod:`carlos.models.clip_registry` (weights are never downloaded unless asked);
-this module owns loading one (:func:`load_clip`) and :class:`ClipEmbedder`. The
+this module owns loading one (:func:`load_clip`) and :class:`ClipEmbedder`. Both
+checkpoint layouts end up in open_clip's model: an open_clip file is loaded by
+open_clip, a transformers folder is converted (:mod:`carlos.models.clip_transformers`)
+and keeps its processor's image preprocessing. The
 ``tiny`` model has random seeded weights and the real tokenizer, so every code
 path can be exercised without weights. Torch tensors never leave
 :class:`ClipEmbedder`: features come out as float32 numpy arrays.
@@ -19,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from carlos.errors import InvalidInputError, WeightsUnavailableError
-from carlos.models.clip_registry import ClipSpec, get_clip_spec, missing_weights_message, resolve_clip_checkpoint
+from carlos.models.clip_registry import (
+    TRANSFORMERS,
+    ClipSpec,
+    find_clip_weights,
+    get_clip_spec,
+    missing_weights_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +63,19 @@ def _build_random(spec: ClipSpec) -> Any:
         return open_clip.create_model(spec.architecture, pretrained=None, force_quick_gelu=spec.quick_gelu)
 
 
+def _build_architecture(spec: ClipSpec) -> Any:
+    """open_clip's ``spec.architecture`` with its initial weights, to be overwritten by a checkpoint
+    (built directly: ``create_model(pretrained=None)`` would log that it stays random)."""
+    import open_clip
+    from open_clip.model import CLIP
+
+    cfg = open_clip.get_model_config(spec.architecture)
+    if cfg is None or "custom_text" in cfg or "hf_model_name" in cfg.get("text_cfg", {}):
+        raise InvalidInputError(f"{spec.architecture} is not an open_clip CLIP with a built-in text tower")
+    cfg["quick_gelu"] = spec.quick_gelu or bool(cfg.get("quick_gelu"))
+    return CLIP(**cfg)
+
+
 def _preprocess_for(model: Any, spec: ClipSpec) -> Any:
     """The inference transform open_clip pairs with this model (OpenAI mean/std, bicubic)."""
     import open_clip
@@ -76,38 +98,51 @@ def load_clip(
 
     ``device=None`` picks CUDA when available, else CPU. Real weights are never
     downloaded unless ``allow_download`` is set; absent weights raise
-    :class:`WeightsUnavailableError` with instructions.
+    :class:`WeightsUnavailableError` with instructions. ``checkpoint`` is an open_clip
+    file or a transformers folder (see :func:`carlos.models.clip_registry.find_clip_weights`);
+    either way the embedder runs open_clip's model with open_clip's tokenizer (the same BPE
+    ids as the folder's ``CLIPTokenizer``), and a transformers folder keeps its processor's
+    image preprocessing.
     """
     import open_clip
     import torch
 
     spec = get_clip_spec(name)
     dev = _pick_device(device)
+    preprocess = None
     if spec.weights == "random":
         if checkpoint is not None:
             raise InvalidInputError(f"{name!r} has random weights; a checkpoint does not apply to it")
         model = _build_random(spec)
         source = f"random(seed={spec.seed})"
     else:
-        path = resolve_clip_checkpoint(spec, checkpoint)
-        if path is None and not allow_download:
+        weights = find_clip_weights(spec, checkpoint)
+        if weights is None and not allow_download:
             raise WeightsUnavailableError(missing_weights_message(spec))
         try:
-            if path is not None:
-                model = open_clip.create_model(spec.architecture, pretrained=str(path), force_quick_gelu=spec.quick_gelu)
-                source = str(path)
-            else:
+            if weights is None:
                 logger.info("downloading %s weights through open_clip", spec.name)
                 model = open_clip.create_model(spec.architecture, pretrained=spec.weights, force_quick_gelu=spec.quick_gelu)
                 source = f"open_clip:{spec.architecture}/{spec.weights}"
+            elif weights.format == TRANSFORMERS:
+                from carlos.models.clip_transformers import load_transformers_weights, processor_preprocess
+
+                model = _build_architecture(spec)
+                load_transformers_weights(model, weights, spec)
+                preprocess = processor_preprocess(weights.path)
+                source = weights.source
+            else:
+                model = open_clip.create_model(spec.architecture, pretrained=str(weights.weights_file), force_quick_gelu=spec.quick_gelu)
+                source = weights.source
         except Exception as exc:  # any failure here means: no usable weights (corrupt, wrong model)
-            where = path if path is not None else "the network"
+            where = weights.describe() if weights is not None else "the network"
             raise WeightsUnavailableError(
                 f"could not load {spec.name} weights from {where}: {exc}\n" + missing_weights_message(spec)
             ) from exc
     model = model.to(torch.device(dev)).eval()
     tokenizer = open_clip.get_tokenizer(spec.architecture if spec.architecture != "tiny" else "ViT-B-32")
-    preprocess = _preprocess_for(model, spec)
+    if preprocess is None:
+        preprocess = _preprocess_for(model, spec)
     logger.info("loaded CLIP %s from %s on %s", spec.embedder_id, source, dev)
     return ClipEmbedder(model, tokenizer, preprocess, spec=spec, device=dev, weights_source=source)
 
@@ -139,7 +174,7 @@ class ClipEmbedder:
         self._preprocess = preprocess
         self.spec = spec
         self.device = device
-        self.weights_source = weights_source  # checkpoint path or "random(seed=...)": provenance
+        self.weights_source = weights_source  # "transformers:<folder>", "open_clip:<file>" or "random(seed=...)"
 
     @property
     def embedder_id(self) -> str:

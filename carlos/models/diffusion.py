@@ -1,10 +1,15 @@
 """Diffusion backends: paired base / LoRA generations on one loaded SDXL pipeline.
 
 The paper's representation compares x0(p, s) and xl(p, s): the same prompt and seed with
-and without the LoRA. So a backend (1) is loaded once, (2) draws each image's starting
-noise from its own CPU ``torch.Generator`` seeded with the image's seed (noise does not
-depend on batch composition, device or which LoRA is active), and (3) attaches LoRAs as
-PEFT adapters to the same pipeline and removes them again, never reloading the model.
+and without the LoRA. So a backend (1) is loaded once, (2) gives image j of a prompt its
+starting noise by a named scheme (:data:`NOISE_SCHEMES`), computed per image and passed
+as ``latents=`` so the noise does not depend on batch composition, device or which LoRA is
+active, and (3) attaches LoRAs as PEFT adapters to the same pipeline and removes them
+again, never reloading the model.
+
+The ``authors`` scheme reproduces the released procedure (PAPER.md, "Noise"): image j
+(0..15) starts from slice ``j % 4`` of the latents diffusers draws for
+``generator=torch.manual_seed(42 + 4 * (j // 4))`` with ``num_images_per_prompt=4``.
 
 Backends (see :func:`list_backends`): ``tiny`` (SDXL architecture at toy size, random
 weights, CPU-fast; for tests and demos), ``sdxl`` (the real SDXL base 1.0) and
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from carlos.errors import InvalidInputError, InvalidLoRAFileError
+from carlos.models.fast_path import FastPath, FusedLoRA, auto_batch_size, fuse_lora, prepare_pipeline
 from carlos.models.sdxl_loader import real_sdxl_loader
 from carlos.models.tiny_sdxl import (
     CPU_EFFICIENCY,
@@ -41,6 +47,24 @@ _ADAPTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
+#: Noise schemes: how image j of a prompt gets its starting latents.
+AUTHORS_NOISE = "authors"
+PER_IMAGE_SEED = "per-image-seed"
+NOISE_SCHEMES = {
+    AUTHORS_NOISE: "as released: image j is slice j % 4 of the latents of torch.manual_seed(42 + 4 * (j // 4)) "
+    "with num_images_per_prompt=4 (the default CPU generator)",
+    PER_IMAGE_SEED: "image j from its own CPU torch.Generator seeded with j",
+}
+#: The released procedure's generator seeds: one call of 4 images per seed, 4 calls per prompt.
+AUTHORS_FIRST_SEED = 42
+AUTHORS_IMAGES_PER_CALL = 4
+
+
+def authors_seed(j: int) -> tuple[int, int]:
+    """(generator seed, slice) of image ``j`` of a prompt under the authors' noise."""
+    return AUTHORS_FIRST_SEED + AUTHORS_IMAGES_PER_CALL * (j // AUTHORS_IMAGES_PER_CALL), j % AUTHORS_IMAGES_PER_CALL
+
+
 @dataclass(frozen=True)
 class DiffusionSettings:
     """Generation settings that determine the images; recorded in provenance."""
@@ -51,6 +75,7 @@ class DiffusionSettings:
     width: int = 1024
     lora_scale: float = 1.0
     scheduler: str = "EulerDiscreteScheduler"  # informative: the pipeline's own scheduler
+    noise: str = AUTHORS_NOISE  # how image j's starting latents are drawn (NOISE_SCHEMES)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -65,6 +90,8 @@ class DiffusionSettings:
                 raise InvalidInputError(f"{name} must be a finite number, got {v!r}")
         if self.guidance_scale < 0:
             raise InvalidInputError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.noise not in NOISE_SCHEMES:
+            raise InvalidInputError(f"unknown noise scheme {self.noise!r}; choose one of: {', '.join(NOISE_SCHEMES)}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,7 +181,9 @@ class DiffusionBackend:
 
     ``pipeline_loads`` counts pipeline constructions (stays 1 for the object's life) and
     ``lora_loads`` / ``lora_unloads`` count adapter operations, so callers and tests can
-    check that switching LoRAs never reloads the model.
+    check that switching LoRAs never reloads the model. ``fast_path``
+    (:class:`~carlos.models.fast_path.FastPath`, default: all its speed-ups) never enters
+    :meth:`settings_dict`; ``batch_size`` overrides its batch.
     """
 
     def __init__(
@@ -170,6 +199,7 @@ class DiffusionBackend:
         allow_download: bool = False,
         cache_dir: str | Path | None = None,
         batch_size: int | None = None,
+        fast_path: FastPath | None = None,
     ) -> None:
         import torch
 
@@ -187,9 +217,9 @@ class DiffusionBackend:
         self.dtype = dtype
         if weights is not None and not self.spec.needs_weights:
             raise InvalidInputError(f"backend {name!r} builds its own weights; do not pass weights=")
-        if batch_size is None:  # CPU SDXL: one image at a time; memory is not the limit there, time is
-            batch_size = 8 if on_gpu or name == "tiny" else 1
-        self.default_batch_size = self._check_batch(batch_size)
+        self.fast_path = fast_path if fast_path is not None else FastPath()
+        if batch_size is not None:
+            self._check_batch(batch_size)
         if self.device == "cpu" and name != "tiny":
             est = estimate_sdxl_cpu_seconds(self.settings.steps, self.settings.guidance_scale, self.settings.height, self.settings.width)
             logger.warning(
@@ -215,11 +245,20 @@ class DiffusionBackend:
             cache_dir=cache_dir,
         )
         self.pipeline.set_progress_bar_config(disable=True)
+        self.fast_report = prepare_pipeline(self.pipeline, self.fast_path, self.device)
+        if batch_size is None and on_gpu:  # the largest batch that fits (FastPath: auto or its batch_size)
+            batch_size = auto_batch_size(self.fast_path, self.device, self.settings.height, self.settings.width)
+        elif batch_size is None:  # CPU SDXL: one image at a time; memory is not the limit there, time is
+            batch_size = self.fast_path.batch_size or (8 if name == "tiny" else 1)
+        self.default_batch_size = self._check_batch(batch_size)
+        self.fused: FusedLoRA | None = None
+        self.lora_seconds = {"load": 0.0, "unload": 0.0}  # attach (+ fuse) and detach (+ restore)
         self.pipeline_loads = 1
         self.lora_loads = 0
         self.lora_unloads = 0
         self.active_lora: Path | None = None
         self.adapter_name: str | None = None
+        self._latent_blocks: dict[tuple[int, Any], Any] = {}
         logger.info("diffusion backend %s ready in %.1f s", self.backend_id, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ provenance
@@ -232,7 +271,7 @@ class DiffusionBackend:
             **self.settings.as_dict(),
             "dtype": self.dtype,
             "device_type": self.device.split(":")[0],
-            "noise": "per-image CPU torch.Generator seeded with the image seed",
+            "noise_scheme": NOISE_SCHEMES[self.settings.noise],
         }
 
     # ------------------------------------------------------------------ LoRA adapters
@@ -250,18 +289,21 @@ class DiffusionBackend:
             raise InvalidInputError(f"adapter_name must be a Python identifier of <= 64 characters, got {adapter_name!r}")
         if self.active_lora is not None:
             self.unload_lora()
-        pipe = self.pipeline
+        pipe, t0 = self.pipeline, time.perf_counter()
         try:
             pipe.load_lora_weights(str(path), adapter_name=adapter_name)
             loaded = {n for names in pipe.get_list_adapters().values() for n in names}
             if adapter_name not in loaded:
                 raise ValueError("no layer of the pipeline matched the file's LoRA keys")
             pipe.set_adapters([adapter_name], adapter_weights=[float(self.settings.lora_scale)])
+            if self.fast_path.fuse_lora:
+                self.fused = fuse_lora(pipe, adapter_name, self.fast_path.snapshot)
         except (ValueError, KeyError, RuntimeError, TypeError) as err:
             self._remove_adapters()
             raise InvalidLoRAFileError(f"could not load LoRA {path.name} onto {self.backend_id}: {err}") from err
         self.active_lora, self.adapter_name = path.resolve(), adapter_name
         self.lora_loads += 1
+        self.lora_seconds["load"] += time.perf_counter() - t0
         logger.info("loaded LoRA %s as adapter %s", path.name, adapter_name)
         return adapter_name
 
@@ -269,7 +311,12 @@ class DiffusionBackend:
         """Remove the active LoRA so the pipeline computes exactly the base model again."""
         if self.active_lora is None:
             return
+        t0 = time.perf_counter()
+        if self.fused is not None:  # the snapshot back: the base weights bit for bit
+            self.fused.restore()
+            self.fused = None
         self._remove_adapters()
+        self.lora_seconds["unload"] += time.perf_counter() - t0
         self.active_lora, self.adapter_name = None, None
         self.lora_unloads += 1
 
@@ -311,8 +358,9 @@ class DiffusionBackend:
         With the defaults the pipeline runs as it stands: base images when no LoRA is
         attached, LoRA images inside ``with backend.lora(path)``. ``lora=path`` attaches that
         file first unless it is already the active one (it stays attached). ``base=True``
-        disables an attached adapter for this call only -- no unload, no reload.
-        The noise of an image depends on its seed alone, but kernels may round differently
+        disables an attached adapter (swaps the base weights in, if fused) for this call only.
+        ``seeds`` are image indices j within their prompt; the noise scheme of the settings turns
+        j into starting latents. The noise of an image depends on j alone, but kernels may round differently
         for other batch shapes (up to 1/255 on CPU): pair base and LoRA runs with the same
         ``batch_size`` and prompt order when the comparison must be bit-exact.
         """
@@ -329,6 +377,9 @@ class DiffusionBackend:
         batch = self._check_batch(batch_size) if batch_size is not None else self.default_batch_size
         if lora is not None and (self.active_lora is None or Path(lora).expanduser().resolve() != self.active_lora):
             self.load_lora(lora)
+        if base and self.fused is not None:  # fused: swap the base weights in for this call
+            with self.fused.base_weights():
+                return self._run(list(prompts), [int(s) for s in seeds], batch, progress)
         disable = base and self.active_lora is not None
         if disable:
             self.pipeline.disable_lora()
@@ -338,22 +389,42 @@ class DiffusionBackend:
             if disable:
                 self.pipeline.enable_lora()
 
-    def _run(self, prompts: list[str], seeds: list[int], batch: int, progress: ProgressFn | None) -> list[np.ndarray]:
+    def initial_latents(self, seeds: list[int]) -> Any:
+        """Starting latents (before the scheduler's sigma scaling) of images ``seeds``, on the
+        pipeline's device and dtype, drawn on the CPU exactly as diffusers draws them."""
         import torch
 
+        pipe, s = self.pipeline, self.settings
+        shape = (pipe.unet.config.in_channels, s.height // pipe.vae_scale_factor, s.width // pipe.vae_scale_factor)
+        dtype = pipe.text_encoder_2.dtype if getattr(pipe, "text_encoder_2", None) is not None else pipe.unet.dtype
+        rows = []
+        for j in seeds:
+            if s.noise == AUTHORS_NOISE:
+                seed, k = authors_seed(j)
+                block = self._latent_blocks.get((seed, dtype))
+                if block is None:  # one draw of 4 serves 4 images; keep the last few
+                    block = torch.randn((AUTHORS_IMAGES_PER_CALL, *shape), generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype)
+                    if len(self._latent_blocks) >= 8:
+                        self._latent_blocks.pop(next(iter(self._latent_blocks)))
+                    self._latent_blocks[(seed, dtype)] = block
+                rows.append(block[k])
+            else:
+                rows.append(torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(j), dtype=dtype)[0])
+        return torch.stack(rows).to(self.device)
+
+    def _run(self, prompts: list[str], seeds: list[int], batch: int, progress: ProgressFn | None) -> list[np.ndarray]:
         s = self.settings
         images: list[np.ndarray] = []
         total = len(prompts)
         for start in range(0, total, batch):
             chunk = slice(start, start + batch)
-            generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[chunk]]
             out = self.pipeline(
                 prompt=prompts[chunk],
                 num_inference_steps=s.steps,
                 guidance_scale=s.guidance_scale,
                 height=s.height,
                 width=s.width,
-                generator=generators,
+                latents=self.initial_latents(seeds[chunk]),
                 output_type="np",
             ).images
             if np.isnan(out).any():

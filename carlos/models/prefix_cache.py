@@ -8,7 +8,19 @@ computed once per (embedder, prompt list) and a query then only runs its
 claim: for every prompt the composed text is tokenized exactly as the plain path
 would (truncation included) and only the *longest common prefix* with the cached
 tokens is reused; whatever differs is recomputed. So the result equals
-:func:`carlos.search.query.query_direction_naive` up to float rounding, always.
+:func:`carlos.search.query.query_direction_naive` (and the authors' pad-to-longest
+procedure, :func:`carlos.search.query.query_direction_shipped`) up to float rounding, always.
+
+How a query runs (``bench query`` times it against the shipped procedure): the new
+positions of all prompts form one batch, so every projection is one matrix product over
+``len(prompts) x (len(q) + 1)`` rows (the MLP in blocks of rows, its activation in place:
+:func:`carlos.models.text_tower.mlp`). Only attention looks at the cache:
+prompts are kept sorted by length in buckets, each bucket's keys (stored transposed)
+and values padded to its longest prompt, and one additive mask per bucket and query
+(prefix positions before the reuse point, then causal over the new ones) serves all
+layers. Nothing is concatenated to or written into the cache, so concurrent queries
+may share it. The last block runs its query, output projection and MLP only for the
+pooled (end-token) position, the only one the direction reads.
 """
 
 from __future__ import annotations
@@ -28,12 +40,12 @@ from carlos.core.query import (
     log_truncation,
     normalize_query,
 )
-from carlos.errors import InvalidInputError
 from carlos.models.clip import ClipEmbedder, Progress
+from carlos.models.text_tower import check_supported, project, run_blocks
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 64  # prompts per batched forward
+_BUCKET = 64  # prompts per attention bucket: length-sorted, keys padded to the bucket's longest
 
 
 def _first_argmax(ids: Sequence[int]) -> int:
@@ -49,87 +61,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def check_supported(embedder: ClipEmbedder) -> None:
-    """Refuse text towers this module does not mirror exactly (so no silent wrong answer)."""
-    import torch
-    import torch.nn as nn
-    from open_clip.transformer import ResidualAttentionBlock
-
-    model = embedder.model
-    problems = []
-    if not hasattr(model, "token_embedding") or not hasattr(model, "transformer"):
-        problems.append("not an open_clip CLIP with a built-in text transformer")
-    else:
-        mask = getattr(model, "attn_mask", None)
-        if mask is None or not torch.equal(torch.isinf(mask).cpu(), torch.ones_like(mask, dtype=torch.bool).cpu().triu(1)):
-            problems.append("text attention is not causal")
-        if getattr(model, "text_pool_type", None) != "argmax":
-            problems.append(f"pooling {getattr(model, 'text_pool_type', None)!r} is not 'argmax'")
-        for blk in model.transformer.resblocks:
-            if (
-                type(blk) is not ResidualAttentionBlock
-                or hasattr(blk, "ln_1_kv")
-                or not isinstance(blk.attn, nn.MultiheadAttention)
-                or not blk.attn._qkv_same_embed_dim
-            ):
-                problems.append(f"unsupported block {type(blk).__name__}")
-                break
-    if problems:
-        raise InvalidInputError(
-            f"the KV cache cannot serve {embedder.embedder_id}: {'; '.join(problems)}; "
-            "use carlos.search.query.query_direction_naive instead"
-        )
-
-
-def _forward(model: Any, tokens: Any, positions: Any, mask: Any, past: list[tuple[Any, Any]] | None) -> tuple[Any, list[tuple[Any, Any]]]:
-    """Run new positions through the text blocks; returns the residual stream and new keys/values.
-
-    ``tokens``/``positions``: (B, L) long; ``mask``: (B, 1, L, P + L) bool, True = may attend;
-    ``past``: per layer (keys, values) of shape (B, H, P, head_dim), or None when P = 0.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    x = model.token_embedding(tokens) + model.positional_embedding[positions]
-    batch, length, width = x.shape
-    new_kv = []
-    for layer, blk in enumerate(model.transformer.resblocks):
-        attn = blk.attn
-        heads = attn.num_heads
-        qkv = F.linear(blk.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = (t.view(batch, length, heads, width // heads).transpose(1, 2) for t in qkv.chunk(3, -1))
-        new_kv.append((k, v))
-        if past is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:  # attend to cached and new keys without copying the cache (torch.cat per layer)
-            past_k, past_v = past[layer]
-            scale = q.shape[-1] ** -0.5
-            scores = torch.cat([q @ past_k.transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1) * scale
-            weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            n_past = past_k.shape[2]
-            out = weights[..., :n_past] @ past_v + weights[..., n_past:] @ v
-        out = attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
-        x = x + blk.ls_1(out)
-        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-    return x, new_kv
-
-
-def _project(model: Any, pooled: Any) -> Any:
-    """ln_final then the text projection, as open_clip's encode_text does after pooling."""
-    import torch.nn as nn
-
-    x = model.ln_final(pooled)
-    proj = model.text_projection
-    if proj is None:
-        return x
-    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
-
-
 @dataclass(frozen=True)
-class _Chunk:
-    rows: np.ndarray  # indices of these prompts in the prompt list
-    prefix_ids: tuple[tuple[int, ...], ...]  # each prompt's full token ids (SOT ... EOT)
-    past: list[tuple[Any, Any]]  # per layer (keys, values): (B, H, P, head_dim) torch tensors
+class _Bucket:
+    start: int  # rows start:stop of the length-sorted batch
+    stop: int
+    keys_t: list[Any]  # per layer (B, H, head_dim, P): keys of the first P positions, transposed
+    values: list[Any]  # per layer (B, H, P, head_dim)
 
 
 class PrefixCache:
@@ -142,7 +79,9 @@ class PrefixCache:
         prompts_hash: str,
         base_features: np.ndarray,
         n_base_truncated: int,
-        chunks: list[_Chunk],
+        order: np.ndarray,
+        prefix_ids: tuple[tuple[int, ...], ...],
+        buckets: list[_Bucket],
     ) -> None:
         self.embedder = embedder
         self.prompts = prompts
@@ -150,7 +89,9 @@ class PrefixCache:
         base_features.setflags(write=False)
         self.base_features = base_features  # (n, dim) float32: t(p), unnormalized
         self.n_base_truncated = n_base_truncated  # prompts that alone exceed the token window
-        self._chunks = chunks
+        self._order = order  # row i of the sorted batch is prompt order[i]
+        self._prefix_ids = prefix_ids  # per row: the prompt's full token ids (SOT ... EOT)
+        self._buckets = buckets
 
     @property
     def embedder_id(self) -> str:
@@ -159,7 +100,7 @@ class PrefixCache:
     @property
     def nbytes(self) -> int:
         """Memory held by the cached keys/values."""
-        return sum(t.numel() * t.element_size() for c in self._chunks for kv in c.past for t in kv)
+        return sum(t.numel() * t.element_size() for b in self._buckets for t in b.keys_t + b.values)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -175,8 +116,9 @@ def build_prefix_cache(
     *,
     prompts_hash: str | None = None,
 ) -> PrefixCache:
-    """Encode every prompt once, keeping t(p) and the keys/values of all its positions."""
+    """Encode every prompt once, keeping t(p) and the keys/values of its positions but the last."""
     import torch
+    import torch.nn.functional as F
 
     check_supported(embedder)
     prompts = check_prompts(prompts)
@@ -190,68 +132,81 @@ def build_prefix_cache(
             len(prompts),
             embedder.context_length,
         )
-    order = np.argsort([len(i) for i, _ in ids], kind="stable")  # similar lengths share a chunk
+    order = np.argsort([len(i) for i, _ in ids], kind="stable")  # similar lengths share a bucket
+    seqs = [ids[r][0] for r in order]
     base = np.empty((len(prompts), embedder.dim), dtype=np.float32)
-    chunks: list[_Chunk] = []
+    buckets: list[_Bucket] = []
     with torch.inference_mode():
-        for start in range(0, len(prompts), _CHUNK):
-            rows = order[start : start + _CHUNK]
-            seqs = [ids[r][0] for r in rows]
-            length = max(len(s) for s in seqs)
-            tokens = torch.zeros(len(rows), length, dtype=torch.long)
-            for b, s in enumerate(seqs):
+        for start in range(0, len(prompts), _BUCKET):
+            part = seqs[start : start + _BUCKET]
+            length = max(len(s) for s in part)
+            tokens = torch.zeros(len(part), length, dtype=torch.long)
+            for b, s in enumerate(part):
                 tokens[b, : len(s)] = torch.tensor(s)
-            positions = torch.arange(length).expand(len(rows), length)
-            causal = torch.ones(length, length, dtype=torch.bool).tril()
-            mask = causal.expand(len(rows), 1, length, length)
-            x, kv = _forward(model, tokens.to(device), positions.to(device), mask.to(device), None)
-            pool = torch.tensor([_first_argmax(s) for s in seqs], device=device)
-            feats = _project(model, x[torch.arange(len(rows), device=device), pool])
-            base[rows] = feats.float().cpu().numpy()
-            chunks.append(
-                _Chunk(
-                    rows=rows,
-                    prefix_ids=tuple(tuple(s) for s in seqs),
-                    past=[(k.contiguous(), v.contiguous()) for k, v in kv],
-                )
-            )
+            tokens = tokens.to(device)
+            kept: list[tuple[Any, Any]] = []
+
+            def attend(layer: int, q: Any, k: Any, v: Any, kept: list[tuple[Any, Any]] = kept, keep: int = length - 1) -> Any:
+                # the end token (last position) is never reused: a query's own end token replaces it
+                kept.append((k[:, :, :keep].transpose(-2, -1).contiguous(), v[:, :, :keep].contiguous()))
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+            x = model.token_embedding(tokens) + model.positional_embedding[:length]
+            x = run_blocks(model, x, attend)
+            pool = torch.tensor([_first_argmax(s) for s in part], device=device)
+            base[order[start : start + len(part)]] = project(model, x[torch.arange(len(part), device=device), pool]).float().cpu().numpy()
+            buckets.append(_Bucket(start, start + len(part), [k for k, _ in kept], [v for _, v in kept]))
             if progress is not None:
-                progress(min(start + _CHUNK, len(prompts)), len(prompts))
+                progress(min(start + _BUCKET, len(prompts)), len(prompts))
     cache = PrefixCache(
         embedder,
         tuple(prompts),
         prompts_hash if prompts_hash is not None else hash_prompts(prompts),
         base,
         n_trunc,
-        chunks,
+        order,
+        tuple(tuple(s) for s in seqs),
+        buckets,
     )
     logger.info("built %r", cache)
     return cache
 
 
-def _run_chunk(model: Any, chunk: _Chunk, sel: list[int], news: list[list[int]], starts: list[int], device: str, ctx: int) -> Any:
-    """Features of the composed texts of prompts ``sel`` (positions in the chunk): only the
-    ``news[i]`` tokens from position ``starts[i]`` on run; earlier positions come from the cache."""
+def _masks(bucket: _Bucket, starts: Any, lens: Any, length: int) -> tuple[Any, Any]:
+    """Additive attention masks of one bucket: (B, 1, L, P + L) for all new rows, and
+    (B, 1, 1, P + L) for each prompt's pooled (last) row alone."""
     import torch
 
-    batch, past_len = len(sel), chunk.past[0][0].shape[2]
-    length = max(len(n) for n in news)
-    tokens = torch.zeros(batch, length, dtype=torch.long)
-    positions = torch.zeros(batch, length, dtype=torch.long)
-    mask = torch.zeros(batch, 1, length, past_len + length, dtype=torch.bool)
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    for b, (new, start) in enumerate(zip(news, starts, strict=True)):
-        tokens[b, : len(new)] = torch.tensor(new)
-        positions[b] = torch.clamp(torch.arange(start, start + length), max=ctx - 1)  # pads: clamp
-        mask[b, 0, :, :start] = True  # reused prefix positions
-        mask[b, 0, :, past_len:] = causal  # the new positions, causally (pads are never attended)
-    past = chunk.past
-    if batch < len(chunk.rows):
-        index = torch.tensor(sel, device=device)
-        past = [(k.index_select(0, index), v.index_select(0, index)) for k, v in past]
-    x, _ = _forward(model, tokens.to(device), positions.to(device), mask.to(device), past)
-    last = torch.tensor([len(n) - 1 for n in news], device=device)
-    return _project(model, x[torch.arange(batch, device=device), last])
+    s, n_lens = starts[bucket.start : bucket.stop], lens[bucket.start : bucket.stop]
+    device = s.device
+    past = torch.arange(bucket.values[0].shape[2], device=device)[None, None, :] < s[:, None, None]  # (B, 1, P)
+    j = torch.arange(length, device=device)
+    new = (j[None, None, :] <= j[None, :, None]) & (j[None, None, :] < n_lens[:, None, None])  # (B, L, L)
+    ok = torch.cat([past.expand(-1, length, -1), new], dim=-1).unsqueeze(1)
+    bias = torch.zeros(ok.shape, device=device).masked_fill_(~ok, float("-inf"))
+    last = bias[torch.arange(len(s), device=device), :, n_lens - 1].unsqueeze(2)
+    return bias, last
+
+
+def _attention(buckets: list[_Bucket], masks: list[tuple[Any, Any]]) -> Any:
+    """``attend`` for :func:`run_blocks`: new positions against cached and new keys, per bucket."""
+    import torch
+
+    def attend(layer: int, q: Any, k: Any, v: Any) -> Any:
+        q = q * q.shape[-1] ** -0.5
+        out = q.new_empty(q.shape)
+        for bucket, (bias, last) in zip(buckets, masks, strict=True):
+            rows = slice(bucket.start, bucket.stop)
+            qb = q[rows]
+            keys_t, values = bucket.keys_t[layer], bucket.values[layer]
+            scores = torch.cat([qb @ keys_t, qb @ k[rows].transpose(-2, -1)], dim=-1)
+            scores += bias if q.shape[2] == k.shape[2] else last
+            weights = scores.softmax(dim=-1)
+            n_past = keys_t.shape[-1]
+            out[rows] = weights[..., :n_past] @ values + weights[..., n_past:] @ v[rows]
+        return out
+
+    return attend
 
 
 def query_direction_cached(cache: PrefixCache, query: str) -> QueryDirection:
@@ -261,27 +216,38 @@ def query_direction_cached(cache: PrefixCache, query: str) -> QueryDirection:
     q = normalize_query(query)
     embedder = cache.embedder
     model, device, ctx = embedder.model, embedder.device, embedder.context_length
-    composed_feats = cache.base_features.copy()  # a prompt the query cannot change keeps t(p)
-    n_truncated = n_reencoded = 0
-    with torch.inference_mode():
-        for chunk in cache._chunks:
-            sel, news, starts = [], [], []
-            for b, (r, prefix) in enumerate(zip(chunk.rows, chunk.prefix_ids, strict=True)):
-                ids, truncated = embedder.token_ids(compose(cache.prompts[r], q))
-                n_truncated += truncated
-                if tuple(ids) == prefix:  # the prompt alone fills the window: t(p + q) == t(p)
-                    continue
-                pool = _first_argmax(ids)
-                lcp = min(_common_prefix(ids, prefix), pool)  # the pooled position is always new
-                if lcp < min(len(prefix) - 1, pool):  # the BPE claim failed for this prompt
-                    n_reencoded += 1
-                sel.append(b)
-                news.append(ids[lcp : pool + 1])
-                starts.append(lcp)
-            if sel:
-                feats = _run_chunk(model, chunk, sel, news, starts, device, ctx)
-                composed_feats[chunk.rows[sel]] = feats.float().cpu().numpy()
     n = len(cache.prompts)
+    news: list[list[int]] = []
+    starts = np.empty(n, dtype=np.int64)
+    unchanged = np.zeros(n, dtype=bool)
+    n_truncated = n_reencoded = 0
+    for i, (r, prefix) in enumerate(zip(cache._order, cache._prefix_ids, strict=True)):
+        ids, truncated = embedder.token_ids(compose(cache.prompts[r], q))
+        n_truncated += truncated
+        unchanged[i] = tuple(ids) == prefix  # the prompt alone fills the window: t(p + q) == t(p)
+        pool = _first_argmax(ids)
+        # reused positions are < lcp <= len(prefix) - 1: the cache holds all but the end token
+        lcp = min(_common_prefix(ids, prefix), pool)  # the pooled position is always new
+        if not unchanged[i] and lcp < min(len(prefix) - 1, pool):  # the BPE claim failed here
+            n_reencoded += 1
+        news.append(ids[lcp : pool + 1])
+        starts[i] = lcp
+    lens = np.array([len(t) for t in news], dtype=np.int64)
+    length = int(lens.max())
+    tokens = np.zeros((n, length), dtype=np.int64)
+    for i, new in enumerate(news):
+        tokens[i, : len(new)] = new
+    positions = np.minimum(starts[:, None] + np.arange(length)[None, :], ctx - 1)  # pads: clamp
+    with torch.inference_mode():
+        starts_t, lens_t = torch.from_numpy(starts).to(device), torch.from_numpy(lens).to(device)
+        masks = [_masks(b, starts_t, lens_t, length) for b in cache._buckets]
+        x = model.token_embedding(torch.from_numpy(tokens).to(device))
+        x = x + model.positional_embedding[torch.from_numpy(positions).to(device)]
+        x = run_blocks(model, x, _attention(cache._buckets, masks), last_rows=lens_t - 1)
+        feats = project(model, x[:, 0]).float().cpu().numpy()
+    composed_feats = np.empty_like(cache.base_features)
+    composed_feats[cache._order] = feats
+    composed_feats[cache._order[unchanged]] = cache.base_features[cache._order[unchanged]]
     diffs = composed_feats.astype(np.float64) - cache.base_features.astype(np.float64)
     log_truncation(q, n_truncated, n, ctx)
     if n_reencoded:

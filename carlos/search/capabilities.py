@@ -47,27 +47,29 @@ class Capabilities:
 
 
 def clip_weights(embedder: str = CORPUS_EMBEDDER, checkpoint: str | None = None) -> Capability:
-    """Whether the CLIP weights of ``embedder`` resolve offline (path, env var, HF cache);
+    """Whether the CLIP weights of ``embedder`` resolve offline (path, env var, HF cache), and
+    which checkpoint, in which format (transformers folder or open_clip file), from where;
     random-weight models (tiny, benchmarks) always do."""
     from carlos.errors import CarlosError
-    from carlos.models.clip_registry import get_clip_spec, resolve_clip_checkpoint
+    from carlos.models.clip_registry import CHECKPOINT_ENV, find_clip_weights, get_clip_spec, weight_locations
 
     name = f"CLIP {embedder} weights"
     try:
         spec = get_clip_spec(embedder)
         if spec.weights == "random":
             return Capability(name, True, f"random weights (seed {spec.seed}): not the corpus's space")
-        path = resolve_clip_checkpoint(spec, checkpoint)
+        found = find_clip_weights(spec, checkpoint)
     except CarlosError as e:  # a set but wrong CARLOS_CLIP_CHECKPOINT, an unknown model
         return Capability(name, False, str(e))
-    if path is None:
+    if found is None:
         return Capability(
             name,
             False,
-            f"not found offline: put {spec.hf_filenames[0]} of the Hugging Face repo {spec.hf_repo} "
-            "in the Hugging Face cache, or set CARLOS_CLIP_CHECKPOINT to the file",
+            f"not found offline in either format; looked at: {'; '.join(weight_locations(spec))}. "
+            f"Put {spec.hf_transformers_repo} (transformers) or {spec.hf_filenames[0]} of {spec.hf_repo} "
+            f"(open_clip) in the Hugging Face cache, or set {CHECKPOINT_ENV} to either",
         )
-    return Capability(name, True, str(path))
+    return Capability(name, True, found.describe())
 
 
 def _nvidia_device_nodes() -> bool:

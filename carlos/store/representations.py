@@ -224,6 +224,21 @@ class RepresentationRepository:
             )
         return out
 
+    def provenance_field(self, rep_ids: Sequence[int], key: str) -> dict[int, Any]:
+        """One provenance key kept in ``extra`` (e.g. ``"uncertainty"``) for many representations
+        in one query: rep_id -> value; representations without it are left out."""
+        if not key.isidentifier():
+            raise InvalidInputError(f"provenance key must be an identifier, got {key!r}")
+        ids = [int(i) for i in rep_ids]
+        if not ids:
+            return {}
+        with self._db.session() as con:
+            rows = con.execute(
+                "SELECT rep_id, json_extract(extra, ?) FROM representations WHERE rep_id IN (SELECT unnest(?))",
+                [f"$.{key}", ids],
+            ).fetchall()
+        return {int(rep_id): json.loads(value) for rep_id, value in rows if value is not None}
+
     def embedders(self) -> dict[str, int]:
         """Embedder id → number of LoRAs represented in that space."""
         with self._db.session() as con:
@@ -240,6 +255,7 @@ class RepresentationRepository:
                        coalesce(nullif(trim(l.name), ''), l.folder_name, l.lora_id) AS name,
                        l.nsfw_level, l.download_count, l.source, l.sha256, l.folder_name,
                        r.rep_id, r.strength, r.consistency, r.n_samples, r.protocol, r.backend,
+                       r.prompt_set, json_extract_string(r.extra, '$.settings.noise') AS noise,
                        r.created_at AS characterized_at
                 FROM loras l JOIN (
                     SELECT *, row_number() OVER (PARTITION BY lora_id ORDER BY created_at DESC,

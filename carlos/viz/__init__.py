@@ -1,5 +1,5 @@
-"""Pictures: Plotly figures as pure functions of frames (``figures``) and 2-D maps of the
-directions, fitted once and cached (``maps``).
+"""Pictures: Plotly figures as pure functions of frames (``figures``; the error bars of a
+LoRA's intervals in ``uncertainty``) and 2-D maps of the directions, fitted once and cached (``maps``).
 """
 
 from __future__ import annotations

@@ -96,6 +96,8 @@ def risk_scatter(
     x, y = ("strength", "consistency") if axes == "values" else ("strength_rank", "consistency_rank")
     fig = go.Figure()
     _add_points(fig, df, x, y, colour, highlight_ids)
+    if axes == "values":
+        _add_intervals(fig, df)
     if df.empty:
         return _layout(fig, "Strength", "Consistency")
     # threshold and review-region cuts in axis units
@@ -301,6 +303,43 @@ def _add_points(fig: go.Figure, df: pd.DataFrame, x: str, y: str, colour: str, h
             )
 
 
+#: Columns of the 95 % intervals a frame may carry (``characterize.results.interval_frame``).
+INTERVAL_COLUMNS = ("strength_lo", "strength_hi", "consistency_lo", "consistency_hi")
+
+
+def _add_intervals(fig: go.Figure, df: pd.DataFrame) -> None:
+    """Error bars: the 95 % intervals of the LoRAs that have them (uploads with per-pair data).
+    The Consistency interval is for the full-protocol value, so it may sit a little off the point."""
+    if not set(INTERVAL_COLUMNS) <= set(df.columns):
+        return
+    part = df.dropna(subset=list(INTERVAL_COLUMNS))
+    if part.empty:
+        return
+    s, c = part["strength"].astype(float), part["consistency"].astype(float)
+    label = part.get("risk_confidence", pd.Series("", index=part.index)).fillna("").astype(str).map(html.escape)
+    fig.add_trace(
+        go.Scatter(
+            x=s,
+            y=c,
+            mode="markers",
+            name=f"95% intervals ({len(part)})",
+            marker={"size": _BASE_SIZE, "color": "rgba(0,0,0,0)"},
+            error_x=_bars(part["strength_lo"], s, part["strength_hi"]),
+            error_y=_bars(part["consistency_lo"], c, part["consistency_hi"]),
+            text=[
+                f"Strength 95%: {a:.3g}–{b:.3g}<br>Consistency 95%: {e:.3g}–{f:.3g}<br>{r}"
+                for a, b, e, f, r in zip(part["strength_lo"], part["strength_hi"], part["consistency_lo"], part["consistency_hi"], label)
+            ],
+            customdata=_customdata(part),
+            hovertemplate=_HOVER.replace("<extra></extra>", "<br>%{text}<extra></extra>"),
+        )
+    )
+
+
+def _bars(lo: pd.Series, mid: pd.Series, hi: pd.Series) -> dict[str, Any]:
+    return {"type": "data", "symmetric": False, "array": (hi - mid).clip(lower=0), "arrayminus": (mid - lo).clip(lower=0), "color": "#444"}
+
+
 def _span(values: pd.Series, *cuts: float | None) -> tuple[float, float]:
     pts = [float(values.min()), float(values.max())] + [float(c) for c in cuts if c is not None and np.isfinite(c)]
     lo, hi = min(pts), max(pts)
@@ -340,6 +379,7 @@ def _layout(fig: go.Figure, xtitle: str | None, ytitle: str | None, title: str |
 __all__ = [
     "AXES",
     "COLOUR_BY",
+    "INTERVAL_COLUMNS",
     "RISK_CLASSES",
     "add_ranks",
     "category_strength_bar",

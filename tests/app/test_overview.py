@@ -45,3 +45,24 @@ def test_overview_follows_saved_thresholds_and_shows_recent_decisions(store_copy
     assert any("set by bob" in m.value for m in at.markdown)
     recent = next(t.value for t in at.dataframe if "action" in t.value.columns)
     assert list(recent["name"]) == ["Pixel Art XL"] and list(recent["status_after"]) == ["flagged"]
+
+
+def test_overview_says_which_clip_checkpoint_was_found_and_in_which_format(real_store_path: Path, tmp_path: Path, monkeypatch) -> None:
+    from app.resources import capabilities
+
+    snap = tmp_path / "hub" / "models--openai--clip-vit-base-patch32" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (snap / "model.safetensors").write_bytes(b"x")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("CARLOS_CLIP_CHECKPOINT", raising=False)
+    monkeypatch.setenv("CARLOS_DB", str(real_store_path))
+    capabilities.clear()  # checked at most once a minute: forget what an earlier test saw
+    try:
+        at = AppTest.from_file(APP, default_timeout=60).run()
+    finally:
+        capabilities.clear()
+    assert not at.exception
+    caps = next(t.value for t in at.dataframe if "what" in t.value.columns)
+    detail = dict(zip(caps["what"], caps["detail"]))["CLIP ViT-B-32/openai weights"]
+    assert detail == f"transformers format (model.safetensors) at {snap}, from the Hugging Face cache (openai/clip-vit-base-patch32)"

@@ -104,32 +104,60 @@ def test_bench_scale_command_structure(capsys: pytest.CaptureFixture, real_store
 
 
 def test_bench_query_command_checks_exactness(capsys: pytest.CaptureFixture) -> None:
-    r = _run_json(
-        capsys,
-        ["bench", "query", "--clip", "tiny", "--query", "pixel art", "--query", "snowy winter scene", "--warm-repeats", "2", "--json"],
-    )
+    argv = ["bench", "query", "--clip", "tiny", "--query", "pixel art", "--query", "snowy winter scene"]
+    r = _run_json(capsys, [*argv, "--warm-repeats", "2", "--repeats", "2", "--json"])
     assert [q["query"] for q in r["queries"]] == ["pixel art", "snowy winter scene"]
     assert r["n_prompts"] == 280 and r["prefix_cache"]["build_s"] > 0
+    assert set(r["sides"]) == {"reference_shipped", "reference_77", "cold"}
+    assert "padded to its longest text" in r["sides"]["reference_shipped"] and "77" in r["sides"]["reference_77"]
     for q in r["queries"]:
-        assert q["cos_reference_vs_cold"] >= 0.99999 and q["cos_reference_vs_service"] >= 0.99999
-        assert q["cos_store_vs_memory"] >= 0.99999 and q["ratio"] > 0
-    assert r["summary"]["exact"] is True and set(r["targets"]) == {"cold_ratio", "warm_ms", "cos"}
-    assert 0 < r["summary"]["store_connect_ms"] <= r["summary"]["median_warm_store_ms"] * 10
+        # the pad-to-longest (shipped) row exists and is the main reference; the 77-padded one is kept
+        assert len(q["reference_shipped_runs_s"]) == len(q["cold_runs_s"]) == 2 and q["reference_77_s"] > 0
+        assert q["ratio_vs_shipped"] > 0 and q["ratio_vs_77"] > 0
+        lo, hi = q["ratio_vs_shipped_range"]
+        assert lo <= q["ratio_vs_shipped"] <= hi
+        tp, tc = q["shipped_tokens_per_text"]
+        assert tp < tc < 77 and q["shipped_positions"] == 280 * (tp + tc) < q["padded_77_positions"] == 2 * 280 * 77
+        assert q["cold_positions"] == 280 * (q["query_tokens"] + 1)
+        # the cached direction equals both references, and the references equal each other
+        assert q["cos_shipped_vs_cold"] >= 0.99999 and q["cos_77_vs_cold"] >= 0.99999
+        assert q["cos_shipped_vs_77"] >= 0.99999 and q["cos_shipped_vs_service"] >= 0.99999
+        assert q["cos_store_vs_memory"] >= 0.99999
+    s = r["summary"]
+    assert s["exact"] is True and s["min_cos_shipped_vs_77"] >= 0.99999
+    assert set(r["targets"]) == {"cold_ratio_vs_shipped", "short_query_tokens", "warm_ms", "cos"}
+    assert s["cold_target_met"] in (True, False) and s["min_ratio_vs_shipped_short"] > 0
+    assert 0 < s["store_connect_ms"] <= s["median_warm_store_ms"] * 10
+    assert main([*argv, "--warm-repeats", "1", "--repeats", "1", "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| shipped s (tokens/text) | 77-padded s |" in md and "vs shipped (range)" in md and "shipped (main reference)" in md
 
 
-def test_bench_characterize_command_compares_both_procedures(capsys: pytest.CaptureFixture) -> None:
+def test_bench_characterize_command_compares_both_procedures(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     import torch
 
-    r = _run_json(capsys, ["bench", "characterize", "--protocol", "smoke", "--loras", "2", "--json"])
+    argv = ["bench", "characterize", "--protocol", "smoke", "--seeds", "4", "--loras", "2", "--adaptive-images", "900", "--json"]
+    r = _run_json(capsys, argv)
     (case,) = r["cases"][:1]
-    assert case["config"]["backend"] == "tiny" and case["pairs"] == 8
-    assert case["ours"]["pipeline_loads"] == 1 and case["reference"]["pipeline_loads"] == 2
-    assert case["ours"]["images"] == 4 + 8 and case["reference"]["images"] == 16  # base images shared
-    assert case["agreement"]["min_direction_cos"] > 0.9999
-    assert case["agreement"]["max_strength_rel_diff"] < 1e-4
-    assert set(case["cost_per_lora"]) == {"paper", "quick", "smoke"}
-    assert case["cost_per_lora"]["paper"]["pairs"] == 4480
-    assert set(case["ours"]["seconds"]) == {"generate", "embed", "store", "attach+bookkeeping+summarise"}
+    assert case["config"]["backend"] == "tiny" and case["config"]["protocol_run"] == "smoke-x4" and case["pairs"] == 16
+    o, ref = case["ours"], case["reference"]
+    assert o["pipeline_loads"] == 1 and ref["pipeline_loads"] == ref["clip_loads"] == 3  # the base run + one run per LoRA
+    assert o["images"] == ref["images"] == 8 + 16 and ref["base_images"] == 8  # both make base images once
+    assert o["empty_cache_calls"] == 0 and o["fast_path"]["fuse_lora"] and o["batch"] == 8
+    assert ref["clip_image_processor"] == "CLIPImageProcessorPil"  # the release's (transformers 4) PIL processor
+    assert case["agreement"]["min_direction_cos"] > 0.9999  # same noise, LoRA, CLIP weights: fused vs adapter rounding only
+    assert case["agreement"]["max_strength_rel_diff"] < 1e-3
+    costs = case["cost_per_lora"]
+    assert set(costs) == {"paper", "quick", "smoke", "smoke-x4", "adaptive (expected)"} and costs["smoke-x4"]["measured"]
+    assert costs["paper"]["pairs"] == 4480 and costs["adaptive (expected)"]["pairs"] == 900
+    assert costs["adaptive (expected)"]["expected_not_measured"] and not costs["paper"]["expected_not_measured"]
+    assert set(o["seconds"]) == {"generate", "embed", "store", "attach+bookkeeping+summarise"}
+    assert set(o["stages"]) == set(ref["stages"]) == {"unet", "vae", "text", "other"} and o["stages"]["unet"] > 0
+    saved = tmp_path / "r.json"  # a saved result (bench/gpu.sh's) renders without measuring anything
+    saved.write_text(json.dumps(r))
+    assert main(["bench", "characterize", "--from-json", str(saved), "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert r["command"] in md and "| tiny | reference | 2 x 8 |" in md and "adaptive (expected)" in md
     assert (r["gpu_skipped"] is None) == torch.cuda.is_available()
     assert r["paper_gpu_hours_per_lora"] == 7.0
 
@@ -153,3 +181,21 @@ def test_readme_sections_are_replaced_in_place(tmp_path: Path) -> None:
     text = readme.read_text()
     assert text.count("<!-- bench:scale:start -->") == 1 and "| 2 |" in text and "| 1 |" not in text
     assert text.startswith("# Benchmarks\n\nintro") and "query table" in text
+
+
+# -- adaptive protocol simulation ----------------------------------------------------------------
+def test_adaptive_bench_small_profile(capsys: pytest.CaptureFixture) -> None:
+    out = _run_json(capsys, ["bench", "adaptive", "--loras", "40", "--splits", "0.5", "--workers", "1", "--json"])
+    assert out["loras"] == 40 and out["full_pairs"] == 4480 and len(out["splits"]) == 1
+    s = out["splits"][0]
+    assert {"median_images", "median_saving", "changed_class_share", "median_direction_cosine", "median_top10_overlap"} <= set(s)
+    assert 70 <= s["median_images"] <= s["p90_images"] <= 4480
+    assert s["median_saving"] == pytest.approx(4480 / s["median_images"])
+    assert 0.0 <= s["changed_class_share"] <= 1.0 and 0 <= s["median_top10_overlap"] <= 10
+    assert sum(s["reasons"].values()) == 40
+    assert set(s["reasons"]) <= {
+        "risk class settled: too strong",
+        "risk class settled: too unstable",
+        "direction and intervals settled",
+        "reached the paper's 4,480 pairs",
+    }

@@ -83,3 +83,18 @@ def test_same_file_twice_is_the_same_lora_and_job(worker_env) -> None:
     second = jobs.submit(store, copy, backend="tiny", protocol="smoke")
     assert second.lora_id == first.lora_id and second.duplicate_of_job == first.job_id
     assert second.already_known
+
+
+def test_jobs_run_the_fast_path_without_emptying_the_cuda_cache(worker_env) -> None:
+    """The worker's backend fuses each LoRA for its job (base images swapped in where a chunk
+    needs them) and restores the base weights after it; nothing calls torch.cuda.empty_cache."""
+    from carlos.models.fast_path import count_empty_cache
+
+    _, _, worker = worker_env
+    backend = worker.characterizer("tiny", "smoke").backend
+    assert backend.fast_path.fuse_lora and set(backend.fast_report["attention_processors"]) == {"AttnProcessor2_0"}
+    loads = backend.lora_loads
+    with count_empty_cache() as calls:
+        _characterize(worker_env, "fast-a", seed=11)
+        _characterize(worker_env, "fast-b", seed=12, layout="diffusers")
+    assert calls == [] and backend.lora_loads == loads + 2 and backend.fused is None and backend.active_lora is None

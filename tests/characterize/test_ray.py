@@ -118,20 +118,27 @@ def _check_complete(store: Store, job_ids: list[int], reference: dict) -> None:
 
 
 def test_manifest_formats_and_errors(tmp_path: Path, loras: dict[str, Path], reference, capsys) -> None:
-    (tmp_path / "m.csv").write_text("# LoRAs\npath,trigger,name\nx/a.safetensors,,First\n\n/abs/b.safetensors,neon ,\n")
+    (tmp_path / "m.csv").write_text(
+        '# LoRAs\npath,trigger,name\nx/a.safetensors,,First\n\n/abs/b.safetensors,neon ,\nc.safetensors,"pcut style|paper art, 1girl",\n'
+    )
     csv_entries = read_manifest(tmp_path / "m.csv")
-    assert [(e.line, e.path, e.trigger, e.name) for e in csv_entries] == [
-        (3, tmp_path / "x" / "a.safetensors", None, "First"),
-        (5, Path("/abs/b.safetensors"), "neon", None),
+    assert [(e.line, e.path, e.triggers, e.name) for e in csv_entries] == [
+        (3, tmp_path / "x" / "a.safetensors", (), "First"),
+        (5, Path("/abs/b.safetensors"), ("neon",), None),
+        (6, tmp_path / "c.safetensors", ("pcut style", "paper art", "1girl"), None),  # words split on | or ,
     ]
-    (tmp_path / "m.jsonl").write_text('{"path": "a.safetensors", "trigger": "t", "extra": 1}\n')
-    (entry,) = read_manifest(tmp_path / "m.jsonl")
-    assert entry.path == tmp_path / "a.safetensors" and entry.trigger == "t" and entry.name is None
+    (tmp_path / "m.jsonl").write_text(
+        '{"path": "a.safetensors", "trigger": "t", "extra": 1}\n{"path": "b.safetensors", "trigger": ["x y", " z "]}\n'
+    )
+    entry, listed = read_manifest(tmp_path / "m.jsonl")
+    assert entry.path == tmp_path / "a.safetensors" and entry.triggers == ("t",) and entry.name is None
+    assert listed.triggers == ("x y", "z")
     bad = {
         "nopath.csv": "file,trigger\na,b\n",
         "broken.jsonl": '{"path": "a"}\n{"path": \n',
         "empty.csv": "# nothing\n",
         "typed.jsonl": '{"path": "a", "name": 3}\n',
+        "typed-trigger.jsonl": '{"path": "a", "trigger": 3}\n',
     }
     for name, text in bad.items():
         (tmp_path / name).write_text(text)

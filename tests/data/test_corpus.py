@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from carlos.core.risk import corpus_stats
-from carlos.data.corpus import AUTHORS_RELEASE, extract_from_wheel, import_parquet
+from carlos.data.corpus import AUTHORS_RELEASE, extract_from_wheel, import_parquet, sha256_of
 from carlos.errors import CorpusIntegrityError
 from carlos.store.catalog import load_view
 from carlos.store.store import Store
@@ -91,7 +91,29 @@ def test_cached_file_is_reverified(tmp_path: Path, corpus_parquet: Path) -> None
     out = tmp_path / "corpus" / "carlos-0.0.3" / "metrics_database.parquet"
     out.parent.mkdir(parents=True)
     shutil.copy(corpus_parquet, out)
+    prompts = out.parent / "generative_prompts.py"  # set-up extracts the authors' prompt file next to the parquet
+    shutil.copy(corpus_parquet.parent / "generative_prompts.py", prompts)
     assert fetch_release(tmp_path) == out
+    prompts.write_text(prompts.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    with pytest.raises(CorpusIntegrityError, match="cached prompt file .* has sha256 .* expected 5bc1b9fe"):
+        fetch_release(tmp_path)
+    shutil.copy(corpus_parquet.parent / "generative_prompts.py", prompts)
     out.write_bytes(b"tampered")
     with pytest.raises(CorpusIntegrityError, match="cached corpus file"):
         fetch_release(tmp_path)
+
+
+def test_setup_extracts_the_prompt_file_next_to_the_parquet(tmp_path: Path, corpus_parquet: Path) -> None:
+    """A cache made before the prompt file was pinned gets it from the cached wheel (no download)."""
+    from carlos.data.corpus import fetch_release
+
+    wheels = corpus_parquet.parent.parent.parent / "wheels"
+    (tmp_path / "wheels").mkdir()
+    for w in wheels.glob("carlos-0.0.3-*.whl"):
+        shutil.copy(w, tmp_path / "wheels" / w.name)
+    out = tmp_path / "corpus" / "carlos-0.0.3" / "metrics_database.parquet"
+    out.parent.mkdir(parents=True)
+    shutil.copy(corpus_parquet, out)
+    assert fetch_release(tmp_path) == out
+    prompts = out.parent / "generative_prompts.py"
+    assert sha256_of(prompts) == AUTHORS_RELEASE.prompts_sha256

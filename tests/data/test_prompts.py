@@ -1,4 +1,8 @@
-"""The team's prompt set (data/prompts.json) and its loader, hashes, subsets and profiles."""
+"""The team's prompt set (data/prompts.json) and its loader, hashes, subsets and profiles.
+
+The default set is the authors' (``carlos-authors``, tests/data/test_authors_prompts.py); the
+team's set is used where it is named, so these tests name it.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from carlos.data.prompt_set import PromptSet
 from carlos.errors import InvalidInputError
 
 DATA_FILE = REPO_ROOT / "data" / "prompts.json"
+TEAM = "carlos-prompts-v1"
 PAPER_COUNTS = [
     ("Portraits", 4),
     ("Landscapes", 4),
@@ -37,7 +42,7 @@ PAPER_COUNTS = [
 
 @pytest.fixture(scope="module")
 def pset() -> PromptSet:
-    return P.get_prompt_set()
+    return P.get_prompt_set(TEAM)
 
 
 @pytest.fixture()
@@ -68,7 +73,8 @@ def test_paper_shape(pset: PromptSet, raw: dict[str, Any]) -> None:
             assert len(s["index"]) == 8 and len(s["query"]) == 8, (c["name"], s["name"])
     assert len(pset.index_prompts) == 280 and len(pset.query_prompts) == 280
     assert pset.id == "carlos-prompts-v1" == raw["id"]
-    assert P.list_prompt_sets() == ["carlos-prompts-v1"]
+    assert P.list_prompt_sets() == ["carlos-authors", "carlos-prompts-v1"]
+    assert P.get_prompt_set().id == "carlos-authors" != pset.id  # the default is the authors' set
 
 
 def test_all_prompts_distinct_and_splits_disjoint(raw: dict[str, Any]) -> None:
@@ -102,7 +108,7 @@ def test_prompt_metadata_and_category_lookup(pset: PromptSet, raw: dict[str, Any
         assert [(p.category, p.subcategory, p.sub_index, p.text) for p in prompts] == expected
         for p in prompts:
             assert pset.category_of(p.text) == p.category
-            assert P.category_of(p.text) == p.category
+            assert P.category_of(p.text, TEAM) == p.category
             assert pset.lookup(p.text) == p
     with pytest.raises(InvalidInputError, match="not a prompt of carlos-prompts-v1"):
         pset.category_of(pset.index_prompts[0].text + ", some trigger")
@@ -197,7 +203,7 @@ def test_subsets_are_first_k_and_deterministic(pset: PromptSet) -> None:
     for split in ("index", "query"):
         for k in range(1, 9):
             sub = pset.subset(split, per_subcategory=k)
-            again = P.get_prompt_set().subset(split=split, per_subcategory=k)
+            again = P.get_prompt_set(TEAM).subset(split=split, per_subcategory=k)
             assert sub == again
             assert sub.id == f"carlos-prompts-v1/{split}/k{k}"
             assert len(sub) == 35 * k
@@ -241,7 +247,7 @@ def test_subset_rejects_bad_arguments(pset: PromptSet, kwargs: dict, message: st
 
 def test_profiles(pset: PromptSet) -> None:
     assert P.list_profiles() == ["paper", "quick", "smoke"]
-    paper, quick, smoke = (P.prompts_for_profile(n) for n in ("paper", "quick", "smoke"))
+    paper, quick, smoke = (P.prompts_for_profile(n, TEAM) for n in ("paper", "quick", "smoke"))
     assert paper.prompts == pset.index_prompts
     assert len(quick) == 35 and all(p.sub_index == 0 for p in quick)
     assert len({(p.category, p.subcategory) for p in quick}) == 35
@@ -255,6 +261,7 @@ def test_profiles(pset: PromptSet) -> None:
         assert s.split == "index" and s.parent_hash == pset.content_hash
     assert P.prompts_for_profile("quick", "carlos-prompts-v1") == quick
     assert P.prompts_for_profile("quick", pset) == quick
+    assert P.prompts_for_profile("quick").parent_id == "carlos-authors"  # not the team's set unless named
     valid = r"unknown profile 'full'.*\['paper', 'quick', 'smoke'\]"
     with pytest.raises(InvalidInputError, match=valid):
         P.prompts_for_profile("full")

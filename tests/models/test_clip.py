@@ -234,7 +234,7 @@ def test_real_loading_path_from_a_fake_hf_cache(no_weights_env):
 
     emb = load_clip("ViT-B-32/openai", device="cpu")
     assert emb.embedder_id == "ViT-B-32/openai" and emb.dim == 512
-    assert emb.weights_source == str(path)
+    assert emb.weights_source == f"open_clip:{path}"
     assert isinstance(emb.model.transformer.resblocks[0].mlp.gelu, QuickGELU)  # OpenAI activation
     torch.testing.assert_close(emb.model.text_projection, source.text_projection)
     torch.testing.assert_close(emb.model.visual.conv1.weight, source.visual.conv1.weight)

@@ -24,6 +24,7 @@ from carlos.models.diffusion import (
     get_backend_spec,
     list_backends,
 )
+from carlos.models.fast_path import FastPath
 from carlos.models.sdxl_loader import SDXL_REPO_ID
 
 PROMPTS = ["a photo of a cat", "portrait of an old man, oil painting", "a red sports car", "a bowl of fruit"]
@@ -136,16 +137,27 @@ def test_generate_checks_its_inputs(backend: DiffusionBackend, lora_files: dict[
 # --------------------------------------------------------------------------- LoRA adapters
 
 
+@pytest.fixture(scope="module")
+def adapter_backend(tok_cache: Path) -> DiffusionBackend:
+    """The LoRA kept as a PEFT adapter (the fast path fuses it into the weights)."""
+    return DiffusionBackend("tiny", device="cpu", cache_dir=tok_cache, fast_path=FastPath(fuse_lora=False))
+
+
 @pytest.mark.parametrize("layout", ["kohya", "diffusers"])
+@pytest.mark.parametrize("mode", ["fused", "adapter"])
 def test_lora_changes_images_and_unloads_exactly_without_reload(
-    backend: DiffusionBackend, base_images: list[np.ndarray], lora_files: dict[str, Path], layout: str
+    request: pytest.FixtureRequest, base_images: list[np.ndarray], lora_files: dict[str, Path], layout: str, mode: str
 ) -> None:
+    backend: DiffusionBackend = request.getfixturevalue("backend" if mode == "fused" else "adapter_backend")
     unet, loads, unloads = backend.pipeline.unet, backend.lora_loads, backend.lora_unloads
     backend.load_lora(lora_files[layout])
-    assert set(backend.pipeline.get_list_adapters()) == {"unet", "text_encoder", "text_encoder_2"}
+    if mode == "adapter":
+        assert set(backend.pipeline.get_list_adapters()) == {"unet", "text_encoder", "text_encoder_2"}
+    else:  # merged into the weights: no PEFT layer left, the touched base tensors snapshotted
+        assert backend.pipeline.get_list_adapters() == {} and backend.fused is not None and backend.fused.n_tensors > 0
     with_lora = backend.generate(PROMPTS, SEEDS, batch_size=2)
     assert _mean_diff(with_lora, base_images) > 5
-    assert _same(backend.generate(PROMPTS, SEEDS, batch_size=2, base=True), base_images)  # disabled, not removed
+    assert _same(backend.generate(PROMPTS, SEEDS, batch_size=2, base=True), base_images)  # disabled / swapped, not removed
     assert _same(backend.generate(PROMPTS, SEEDS, batch_size=2), with_lora)  # re-enabled after base=True
     backend.unload_lora()
     assert backend.active_lora is None and backend.pipeline.get_list_adapters() == {}

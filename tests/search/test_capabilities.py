@@ -11,6 +11,7 @@ import pytest
 from carlos.search import capabilities
 
 REPO = "models--timm--vit_base_patch32_clip_224.openai"
+TRANSFORMERS_REPO = "models--openai--clip-vit-base-patch32"
 
 
 @pytest.fixture
@@ -23,6 +24,8 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_clip_weights_missing_say_how_to_get_them(hf_cache: Path) -> None:
     cap = capabilities.clip_weights()
     assert not cap.available and "CARLOS_CLIP_CHECKPOINT" in cap.detail and "timm/" in cap.detail
+    assert "openai/clip-vit-base-patch32" in cap.detail and "either format" in cap.detail
+    assert str(hf_cache / "models--openai--clip-vit-base-patch32") in cap.detail and str(hf_cache / REPO) in cap.detail
     caps = capabilities.detect()
     assert not caps.retrievers["carlos"].available and "CLIP weights" in caps.retrievers["carlos"].detail
     assert caps.retrievers["bm25"].available and caps.retrievers["behaviour"].available
@@ -34,8 +37,32 @@ def test_clip_weights_in_the_hf_cache_are_found(hf_cache: Path) -> None:
     snap.mkdir(parents=True)
     (snap / "open_clip_model.safetensors").write_bytes(b"x")
     cap = capabilities.clip_weights()
-    assert cap.available and cap.detail.endswith("open_clip_model.safetensors")
+    assert cap.available and cap.detail.startswith(f"open_clip format at {snap / 'open_clip_model.safetensors'}, from")
+    assert "Hugging Face cache" in cap.detail
     assert capabilities.detect().retrievers["carlos"].available
+
+
+def test_clip_weights_in_transformers_format_are_found_first(hf_cache: Path) -> None:
+    """openai/clip-vit-base-patch32 as transformers caches it wins over the open_clip file."""
+    for repo, files in ((REPO, ["open_clip_model.safetensors"]), (TRANSFORMERS_REPO, ["config.json", "model.safetensors"])):
+        snap = hf_cache / repo / "snapshots" / "abc"
+        snap.mkdir(parents=True)
+        for name in files:
+            (snap / name).write_bytes(b"x")
+    cap = capabilities.clip_weights()
+    assert cap.available and cap.detail.startswith(f"transformers format (model.safetensors) at {snap}, from the Hugging Face cache")
+    assert capabilities.detect().clip_weights == cap
+
+
+def test_an_explicit_transformers_folder_is_reported_with_its_format(hf_cache: Path, monkeypatch) -> None:
+    folder = hf_cache / "local-clip"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"x")
+    cap = capabilities.clip_weights(checkpoint=str(folder))
+    assert cap.available and cap.detail == f"transformers format (pytorch_model.bin) at {folder}, from --clip-checkpoint"
+    monkeypatch.setenv("CARLOS_CLIP_CHECKPOINT", str(folder))
+    assert capabilities.clip_weights().detail.endswith("from CARLOS_CLIP_CHECKPOINT")
 
 
 def test_a_wrong_checkpoint_variable_is_reported_not_raised(hf_cache: Path, monkeypatch) -> None:

@@ -16,9 +16,10 @@ from carlos.core.query import (
     normalize_query,
 )
 from carlos.errors import InvalidInputError
+from carlos.models import prefix_cache, text_tower
 from carlos.models.clip import load_clip
 from carlos.models.prefix_cache import build_prefix_cache, query_direction_cached
-from carlos.search.query import query_direction_naive
+from carlos.search.query import query_direction_naive, query_direction_shipped
 
 # Stand-in prompts (the real set lives in carlos/prompts.py; these tests must not depend on it).
 PROMPTS = [
@@ -139,6 +140,18 @@ def test_naive_is_mean_of_suffix_differences(tiny):
     assert hash_prompts(PROMPTS[:3]) != hash_prompts(PROMPTS[:2])
 
 
+@pytest.mark.parametrize("name", ["tiny", "ViT-B-32/random"])
+def test_shipped_pad_to_longest_equals_77_padded(name, tiny):
+    """The authors' procedure (two batches, each padded to its longest text) == every text padded to 77."""
+    emb = tiny if name == "tiny" else load_clip(name, device="cpu")
+    prompts = [*PROMPTS, "word " * 74]  # the last leaves room for one query token
+    for q in ["pixel art", "🐱🎨✨ kawaii!", LONG_QUERY]:
+        shipped, naive = query_direction_shipped(emb, prompts, q), query_direction_naive(emb, prompts, q)
+        assert_same_direction(shipped, naive)
+        assert shipped.n_truncated == (len(prompts) if q == LONG_QUERY else 1)
+    assert query_direction_shipped(emb, PROMPTS, "x").prompts_hash == hash_prompts(PROMPTS)
+
+
 def test_truncation_is_reported_and_logged(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="carlos.core.query"):
         qd = query_direction_naive(tiny, PROMPTS[:2], LONG_QUERY)
@@ -230,3 +243,36 @@ def test_cached_equals_naive_on_real_vit_b32_architecture():
         cached, naive = query_direction_cached(cache, q), query_direction_naive(emb, prompts, q)
         assert_same_direction(cached, naive)
         assert cached.n_truncated == (2 if q == LONG_QUERY else 1)
+
+
+def test_cached_across_buckets_mixed_lengths_and_threads(tiny, monkeypatch):
+    """Several length buckets, new-token counts that differ within one batch (a prompt near the
+    window, one whose tokenization changes, one that alone fills it), blocked MLPs with a remainder,
+    and concurrent queries on one shared cache: always the naive and the shipped direction."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(prefix_cache, "_BUCKET", 3)
+    monkeypatch.setattr(text_tower, "_MLP_ROWS", 5)
+    prompts = [*PROMPTS, "a portrait x Ã", "word " * 73, "word " * 80, "a cat"]
+    cache = build_prefix_cache(tiny, prompts, prompts_hash="mixed")
+    assert len(cache._buckets) == 4 and cache.nbytes > 0
+    queries = ["s bone", "very colorful", "in the style of Van Gogh, soft pastel colors!", LONG_QUERY]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(lambda q: query_direction_cached(cache, q), queries * 3))
+    for i, q in enumerate(queries):
+        cached = query_direction_cached(cache, q)
+        naive = query_direction_naive(tiny, prompts, q, prompts_hash="mixed")
+        assert_same_direction(cached, naive)
+        assert_same_direction(cached, query_direction_shipped(tiny, prompts, q, prompts_hash="mixed"))
+        for other in concurrent[i :: len(queries)]:
+            np.testing.assert_allclose(other.direction, cached.direction, rtol=1e-6, atol=1e-7)
+    assert query_direction_cached(cache, "s bone").n_reencoded == 1  # ftfy repairs "Ã s" once text follows
+
+
+def test_cached_equals_shipped_on_real_vit_b32_with_many_prompts():
+    """More prompts than one bucket, on the real architecture: the cached path equals the shipped procedure."""
+    emb = load_clip("ViT-B-32/random", device="cpu")
+    prompts = [f"{p}, variant {i}" for i in range(9) for p in PROMPTS]  # 72 prompts: two buckets
+    cache = build_prefix_cache(emb, prompts)
+    for q in ["pixel art", "in the style of Katsushika Hokusai"]:
+        assert_same_direction(query_direction_cached(cache, q), query_direction_shipped(emb, prompts, q))
