@@ -92,7 +92,7 @@ def run_adaptive(
         progress(len(done), total)
     so_far: set[int] = set()
     decision = None
-    with char.backend.lora(job["file_path"]):
+    with char.lora_of(job):  # re-verifies the file against its upload sha256
         for rnd in rounds_of(pairs, subset, settings):
             so_far.update(rnd)
             todo = [pairs[i] for i in rnd if i not in done]

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,7 +25,8 @@ from carlos import __version__
 from carlos.config import CORPUS_EMBEDDER, DEFAULT_PROMPT_SET, RANDOM_CLIP
 from carlos.core.representation import Representation, summarize
 from carlos.core.uncertainty import estimate as estimate_uncertainty
-from carlos.errors import InvalidInputError
+from carlos.errors import InvalidInputError, InvalidLoRAFileError
+from carlos.files.validate import sha256_file
 from carlos.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,28 @@ def lora_prompt(prompt: str, triggers: str | Sequence[str] | None) -> str:
     return prompt + "".join(f", {w}" for w in trigger_words(triggers))
 
 
+def verify_lora_file(path: str, expected_sha256: str | None, *, where: str | None = None) -> None:
+    """Raise InvalidLoRAFileError unless the file at ``path`` still hashes (streamed) to the
+    sha256 its upload was validated with; called right before a backend loads it.
+    ``expected_sha256`` None (a job queued without one) checks nothing."""
+    if not expected_sha256:
+        return
+    try:
+        actual = sha256_file(path)
+    except OSError as err:
+        raise InvalidLoRAFileError(f"LoRA file {path} unreadable{f' on {where}' if where else ''}: {err}") from err
+    if actual != expected_sha256:
+        raise InvalidLoRAFileError(lora_mismatch(path, expected_sha256, actual, where=where))
+
+
+def lora_mismatch(path: str, expected_sha256: str, actual_sha256: str, *, where: str | None = None) -> str:
+    """The error of a LoRA file whose bytes are not those of its upload."""
+    return (
+        f"LoRA file {path}{f' on {where}' if where else ''} does not match its upload: expected sha256 {expected_sha256}, "
+        f"got {actual_sha256}; it was replaced or corrupted after upload, so nothing was generated (submit it again)"
+    )
+
+
 def png_thumbnail(image: np.ndarray, side: int = 128) -> bytes:
     from PIL import Image
 
@@ -189,6 +213,11 @@ class Characterizer:
         self.chunk_pairs = chunk_pairs
         self.thumbnails = thumbnails
         self.stats = CharacterizerStats()
+
+    def lora_of(self, job: dict[str, Any]) -> AbstractContextManager[Any]:
+        """``backend.lora`` on the job's stored file, re-verified against its upload's sha256 first."""
+        verify_lora_file(job["file_path"], (job.get("options") or {}).get("sha256"))
+        return self.backend.lora(job["file_path"])
 
     def base_key(self) -> str:
         """Identifies base images: backend and settings, and the CLIP that embedded them."""
@@ -241,7 +270,7 @@ class Characterizer:
         todo = [p for p in pairs if p.index not in done]
         if progress:
             progress(len(done), len(pairs))
-        with self.backend.lora(job["file_path"]):
+        with self.lora_of(job):
             for start in range(0, len(todo), self.chunk_pairs):
                 if should_continue is not None and not should_continue():
                     log.info("job %d stopped after %d of %d pairs", job_id, len(pairs) - len(todo) + start, len(pairs))

@@ -12,7 +12,6 @@ stay importable on every node, and it never imports the driver.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from carlos.characterize.engine import CLIP_FOR_BACKEND, Characterizer, png_thumbnail
+from carlos.characterize.engine import CLIP_FOR_BACKEND, Characterizer, png_thumbnail, verify_lora_file
 from carlos.errors import CarlosError, InvalidInputError
 from carlos.store.store import Store
 
@@ -105,13 +104,13 @@ class ChunkWorker:
         import ray
 
         data = ray.get(box[0])
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise CarlosError(f"LoRA sha256:{sha256[:12]}… arrived corrupted on {socket.gethostname()}")
         self.active_sha = None
         fd, tmp = tempfile.mkstemp(prefix="carlos-lora-", suffix=".safetensors")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            del data
+            verify_lora_file(tmp, sha256, where=socket.gethostname())  # the very file the backend loads
             self.backend.load_lora(tmp)  # the adapter is in memory once this returns
         finally:
             os.unlink(tmp)

@@ -34,6 +34,7 @@ from carlos.characterize.engine import (
     Progress,
     get_protocol,
     job_prompt_set,
+    lora_mismatch,
     lora_prompt,
     protocol_pairs,
     trigger_words,
@@ -145,9 +146,10 @@ class _Driver:
         except OSError as err:
             self._fail(state, f"LoRA file unreadable on the driver: {err}")
             return None
-        state.sha256 = hashlib.sha256(data).hexdigest()
-        if state.sha256 != (claimed.get("options") or {}).get("sha256", state.sha256):
-            self._fail(state, f"{claimed['file_path']} changed since it was validated; submit it again")
+        state.sha256 = hashlib.sha256(data).hexdigest()  # the actors re-check these bytes before loading them
+        expected = (claimed.get("options") or {}).get("sha256") or state.sha256
+        if state.sha256 != expected:
+            self._fail(state, lora_mismatch(claimed["file_path"], expected, state.sha256))
             return None
         state.lora_box = [ray.put(data)]
         n = self.config.chunk_pairs

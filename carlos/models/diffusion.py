@@ -291,7 +291,7 @@ class DiffusionBackend:
             self.unload_lora()
         pipe, t0 = self.pipeline, time.perf_counter()
         try:
-            pipe.load_lora_weights(str(path), adapter_name=adapter_name)
+            pipe.load_lora_weights(str(path), adapter_name=adapter_name, use_safetensors=True)  # True: no pickle fallback
             loaded = {n for names in pipe.get_list_adapters().values() for n in names}
             if adapter_name not in loaded:
                 raise ValueError("no layer of the pipeline matched the file's LoRA keys")

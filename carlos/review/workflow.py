@@ -30,18 +30,24 @@ def _check_reviewer(reviewer: str) -> str:
     return reviewer.strip()
 
 
+def _resolved(store: Store, key: str) -> str:
+    """The lora_id of any of a LoRA's names (lora_id, Civitai version id, sha256); raises NotFoundError."""
+    return store.loras.resolve(key)
+
+
 def status_of(store: Store, lora_id: str) -> str:
-    return store.review.status_of(lora_id) or "unreviewed"
+    """The review status of a LoRA named by any of its names."""
+    return store.review.status_of(_resolved(store, lora_id)) or "unreviewed"
 
 
 def claim_holder(store: Store, lora_id: str) -> str | None:
     """Who holds the claim on this LoRA, or None."""
-    return store.review.claim_holder(lora_id)
+    return store.review.claim_holder(_resolved(store, lora_id))
 
 
 def history(store: Store, lora_id: str | None = None, *, limit: int | None = None) -> pd.DataFrame:
     """Decisions, newest first: of one LoRA, or the whole audit log."""
-    return store.review.decisions(lora_id, limit=limit)
+    return store.review.decisions(None if lora_id is None else _resolved(store, lora_id), limit=limit)
 
 
 def threshold_history(store: Store, *, limit: int = 50) -> pd.DataFrame:
@@ -52,14 +58,16 @@ def threshold_history(store: Store, *, limit: int = 50) -> pd.DataFrame:
 def claim(store: Store, lora_id: str, reviewer: str) -> None:
     """Claim an item or raise PermissionDeniedError naming who holds it."""
     reviewer = _check_reviewer(reviewer)
-    store.loras.resolve(lora_id)
+    lora_id = _resolved(store, lora_id)
     holder = store.review.claim(lora_id, reviewer)
     if holder != reviewer:
         raise PermissionDeniedError(f"{lora_id} is claimed by {holder}; ask them or wait for release")
 
 
 def release(store: Store, lora_id: str, reviewer: str) -> None:
-    store.review.release_claim(lora_id, _check_reviewer(reviewer))
+    """Release ``reviewer``'s claim on a LoRA named by any of its names."""
+    reviewer = _check_reviewer(reviewer)
+    store.review.release_claim(_resolved(store, lora_id), reviewer)
 
 
 def decide(
@@ -78,29 +86,30 @@ def decide(
         raise InvalidInputError(f"unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
     if note is not None and len(note) > MAX_NOTE:
         raise InvalidInputError(f"note is {len(note)} characters; keep it under {MAX_NOTE}")
-    lora_id = store.loras.resolve(lora_id)
+    lora_id = _resolved(store, lora_id)
     with store.transaction():
         holder = store.review.claim_holder(lora_id)
         if holder is not None and holder != reviewer:
             raise PermissionDeniedError(f"{lora_id} is claimed by {holder}; they must release it first")
         if require_claim and holder is None:
             raise PermissionDeniedError(f"claim {lora_id} before deciding on it")
-        before = status_of(store, lora_id)
+        before = store.review.status_of(lora_id) or "unreviewed"
         decision = store.review.append_decision(lora_id, reviewer, action, before, ACTIONS[action], note)
         store.review.release_claim(lora_id)
     return decision
 
 
 def bulk_flag(store: Store, lora_ids: Iterable[str], reviewer: str, note: str | None = None) -> dict:
-    """Flag many LoRAs (e.g. a scatter selection); items claimed by others are skipped."""
+    """Flag many LoRAs (e.g. a scatter selection), named by any of their names; items
+    claimed by others are skipped. Results are reported by lora_id."""
     reviewer = _check_reviewer(reviewer)
     done, skipped = [], []
-    for lid in dict.fromkeys(lora_ids):
+    for lid in dict.fromkeys(_resolved(store, k) for k in lora_ids):
         holder = store.review.claim_holder(lid)
         if holder not in (None, reviewer):
             skipped.append((lid, f"claimed by {holder}"))
             continue
-        if status_of(store, lid) == "flagged":
+        if (store.review.status_of(lid) or "unreviewed") == "flagged":
             skipped.append((lid, "already flagged"))
             continue
         decide(store, lid, reviewer, "flag", note, require_claim=False)

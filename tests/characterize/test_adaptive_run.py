@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from carlos.characterize.engine import get_protocol, protocol_pairs
 from carlos.core.adaptive import AdaptiveSettings
 from carlos.core.representation import summarize
 from carlos.files.testing import make_test_lora
+from carlos.files.validate import sha256_file
 from carlos.store.store import Store
 
 #: No filters (every LoRA is settled as retained) and loose targets: it stops at the minimum.
@@ -67,3 +70,18 @@ def test_adaptive_job_stops_at_its_maximum(env) -> None:
     assert a["pairs_used"] == rep.n_samples == 70
     assert a["reason"] == "reached the maximum of 70 pairs"
     assert np.isfinite(rep.strength)
+
+
+def test_an_adaptive_job_whose_file_was_corrupted_after_submit_fails_untouched(env) -> None:
+    root, store, worker = env
+    path = make_test_lora(root / "corrupted.safetensors", seed=12)
+    sub = jobs.submit(store, path, backend="tiny", protocol="adaptive", requested_by="test", adaptive=LOOSE)
+    stored = Path(store.jobs.get(sub.job_id)["file_path"])
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    assert worker.run_one(job_id=sub.job_id) == sub.job_id
+    job = store.jobs.get(sub.job_id)
+    assert job["status"] == "failed"
+    assert f"expected sha256 {sub.lora_id.removeprefix('sha256:')}, got {sha256_file(stored)}" in job["error"]
+    assert store.jobs.done_pairs(sub.job_id) == set() and store.reps.of(sub.lora_id) == []

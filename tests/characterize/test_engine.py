@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from carlos.characterize import jobs
+from carlos.characterize.engine import verify_lora_file
 from carlos.core.representation import summarize
+from carlos.errors import InvalidLoRAFileError
 from carlos.files.testing import make_test_lora
+from carlos.files.validate import sha256_file
 from carlos.store.store import Store
 from carlos.viz.figures import category_strength_bar
 
@@ -98,3 +101,42 @@ def test_jobs_run_the_fast_path_without_emptying_the_cuda_cache(worker_env) -> N
         _characterize(worker_env, "fast-a", seed=11)
         _characterize(worker_env, "fast-b", seed=12, layout="diffusers")
     assert calls == [] and backend.lora_loads == loads + 2 and backend.fused is None and backend.active_lora is None
+
+
+def _tamper_after_submit(worker_env, name: str, protocol: str = "smoke", **submit_kwargs):
+    """Submit a LoRA, then replace its stored upload with another valid LoRA file."""
+    root, store, _ = worker_env
+    path = root / f"{name}.safetensors"
+    make_test_lora(path, seed=5)
+    sub = jobs.submit(store, path, backend="tiny", protocol=protocol, requested_by="test", **submit_kwargs)
+    stored = store.jobs.get(sub.job_id)["file_path"]
+    make_test_lora(stored, seed=6)  # the file was replaced after it was validated
+    return sub, sha256_file(stored)
+
+
+def test_a_file_changed_after_submit_fails_the_job_before_anything_is_generated(worker_env) -> None:
+    _, store, worker = worker_env
+    sub, actual = _tamper_after_submit(worker_env, "tampered")
+    before = worker.characterizer("tiny", "smoke").stats.lora_generated
+    assert worker.run_one(job_id=sub.job_id) == sub.job_id
+    job = store.jobs.get(sub.job_id)
+    expected = sub.lora_id.removeprefix("sha256:")
+    assert job["status"] == "failed"
+    assert f"expected sha256 {expected}" in job["error"] and f"got {actual}" in job["error"]
+    assert "replaced or corrupted after upload" in job["error"]
+    assert store.jobs.done_pairs(sub.job_id) == set() and store.reps.of(sub.lora_id) == []
+    assert worker.characterizer("tiny", "smoke").stats.lora_generated == before
+
+
+def test_verify_lora_file_names_both_hashes(tmp_path) -> None:
+    path = make_test_lora(tmp_path / "l.safetensors", seed=1)
+    good = sha256_file(path)
+    verify_lora_file(str(path), good)
+    verify_lora_file(str(path), None)  # a job queued without a hash: nothing to compare
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one corrupted byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidLoRAFileError, match=f"on node-7 does not match its upload: expected sha256 {good}, got {sha256_file(path)}"):
+        verify_lora_file(str(path), good, where="node-7")
+    with pytest.raises(InvalidLoRAFileError, match="unreadable"):
+        verify_lora_file(str(tmp_path / "gone.safetensors"), good)

@@ -23,6 +23,7 @@ from carlos.cli.main import main
 from carlos.cli.ray import read_manifest
 from carlos.errors import InvalidInputError
 from carlos.files.testing import make_test_lora
+from carlos.files.validate import sha256_file
 from carlos.store.store import Store
 
 TRIGGERS = {"a": None, "b": "glowing neon", "c": None}
@@ -222,3 +223,16 @@ def test_a_stopped_driver_resumes_where_it_stopped(cluster, loras, reference, tm
     assert run["lora_pairs_already_stored"] + N_PAIRS * len(run["skipped"]) == stored
     assert {r["job_id"] for r in out["submitted"]} == set(job_ids) and not out["rejected"]
     _check_complete(store, job_ids, reference)
+
+
+def test_a_file_changed_after_submit_fails_on_ray_before_any_actor_loads_it(cluster, tmp_path) -> None:
+    store = Store.open(tmp_path / "s.duckdb")
+    sub = jobs.submit(store, make_test_lora(tmp_path / "t.safetensors", seed=40))
+    stored = store.jobs.get(sub.job_id)["file_path"]
+    make_test_lora(stored, seed=41)  # replaced after it was validated
+    report = characterize_on_ray(store, [sub.job_id], config=RayConfig(actors=1, chunk_pairs=1))
+    expected = sub.lora_id.removeprefix("sha256:")
+    why = f"expected sha256 {expected}, got {sha256_file(stored)}"
+    assert why in report.failed[sub.job_id] and why in store.jobs.get(sub.job_id)["error"]
+    assert store.jobs.get(sub.job_id)["status"] == "failed" and store.jobs.done_pairs(sub.job_id) == set()
+    assert report.lora_pairs_computed == 0

@@ -84,3 +84,25 @@ def test_access_policy() -> None:
     assert local.can_write("anyone") and not local.can_write(None)
     listed = AccessPolicy.from_list(["Alice@example.org"])
     assert listed.can_write("alice@example.org") and not listed.can_write("eve@example.org")
+
+
+def test_every_workflow_function_accepts_any_name_of_a_lora(store_copy: Store) -> None:
+    """Issue 14: a claim made by Civitai version id is the claim a decision by lora_id sees."""
+    review.claim(store_copy, "130580", "alice")
+    assert review.claim_holder(store_copy, PIXEL) == "alice"
+    with pytest.raises(PermissionDeniedError, match=f"{PIXEL} is claimed by alice"):
+        review.claim(store_copy, PIXEL, "bob")
+    review.decide(store_copy, "130580", "alice", "flag", "by version id")
+    assert review.claim_holder(store_copy, "130580") is None
+    assert review.status_of(store_copy, "130580") == "flagged"
+    review.claim(store_copy, PIXEL, "alice")
+    review.decide(store_copy, PIXEL, "alice", "escalate")
+    log = review.history(store_copy, "130580")
+    assert list(log["lora_id"]) == [PIXEL, PIXEL]
+    assert list(log["action"]) == ["escalate", "flag"]
+    assert list(review.history(store_copy)["lora_id"]) == [PIXEL, PIXEL]
+    review.claim(store_copy, PIXEL, "bob")
+    review.release(store_copy, "130580", "bob")
+    assert review.claim_holder(store_copy, PIXEL) is None
+    res = review.bulk_flag(store_copy, ["130580", PIXEL], "bob")
+    assert res == {"flagged": [PIXEL], "skipped": []}
