@@ -212,7 +212,7 @@ def run_query_bench(
 def _sides(n: int, ctx: int, config: QueryBenchConfig) -> dict[str, str]:
     return {
         "reference_shipped": f"{n} query prompts and {n} prompt + ' ' + query texts, encoded as two batches of {n}, "
-        "each padded to its longest text (the authors' padding=True); tokens per text: see shipped_tokens_per_text",
+        "each padded to its longest text (the authors' padding=True; tokens per text: p + c in the table)",
         "reference_77": f"the same {2 * n} texts, each padded to {ctx} tokens, in batches of {config.ref_batch}",
         "cold": f"prefix KV cache: {n} x (query tokens + 1) new positions in one batch against the cached prompt "
         "keys/values; the last block runs the pooled (end-token) position only",
