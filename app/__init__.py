@@ -3,6 +3,7 @@
 ``resources`` (cached store, views, services), ``access`` (login -> the acting user),
 ``state`` (URL state, flash messages, the last search), ``navigation`` (the page list and the
 setup every page runs first), ``thresholds`` (the threshold sidebar), ``widgets`` (tables,
-panels, image pairs) and ``worker`` (the in-process characterization thread). The only
-package besides ``pages/`` that imports streamlit; ``carlos/`` never does.
+panels, image pairs), ``text`` (creator text made inert for Markdown) and ``worker`` (the
+in-process characterization thread). The only package besides ``pages/`` that imports
+streamlit; ``carlos/`` never does.
 """

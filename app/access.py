@@ -1,15 +1,27 @@
-"""Login -> the acting user: local mode (one reviewer, no login) or Streamlit OIDC with a reviewer list."""
+"""Login -> the acting user: local mode (one reviewer, no login) or Streamlit OIDC with a reviewer list.
+
+Whether the session may write comes from the library's policy
+(:func:`carlos.review.access.resolve_policy`) over the same secrets files Streamlit reads
+(its ``secrets.files`` option), so the sidebar, the disabled widgets and the check every
+service makes agree. ``can_write`` here only drives the UI: each write re-checks.
+"""
 
 from __future__ import annotations
 
-import getpass
-import os
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from carlos.review.access import AccessPolicy, CurrentUser
+from carlos.review.access import CurrentUser, local_identity, resolve_policy
+
+
+def secrets_files() -> tuple[str, ...]:
+    """The secrets files of this server (``secrets.files``: ``--secrets.files`` or the defaults).
+
+    Page tests replace this function (AppTest's ``at.secrets`` reach ``st.secrets`` only,
+    not the files the library reads)."""
+    return tuple(str(f) for f in (st.get_option("secrets.files") or []))
 
 
 def _secrets() -> dict[str, Any] | None:
@@ -29,30 +41,29 @@ def auth_configured() -> bool:
 
 
 def current_user() -> CurrentUser:
-    """Local mode: the single reviewer ``$CARLOS_REVIEWER`` (default: the OS user).
-    OIDC mode: the logged-in e-mail, writing only if listed in ``[carlos] reviewers``."""
+    """Local mode: the single reviewer ``$CARLOS_REVIEWER`` (default: the OS user), writing
+    unless ``$CARLOS_REVIEWERS`` lists others. OIDC mode: the logged-in e-mail, writing only
+    if the reviewer list has it."""
+    files = secrets_files()
+    policy = resolve_policy(files)
     secrets = _secrets()
-    if secrets is None:
-        return CurrentUser("", False, "secrets.toml exists but cannot be read; fix it to log in", "oidc", False)
+    if secrets is None or policy.error:
+        return CurrentUser("", False, "secrets.toml exists but cannot be read; fix it to log in", "oidc", False, files)
     if "auth" not in secrets:
-        name = os.environ.get("CARLOS_REVIEWER", "").strip() or _os_user()
-        return CurrentUser(name=name, can_write=True, reason="", mode="local", logged_in=True)
+        name = local_identity()
+        why = policy.why_not(name)
+        return CurrentUser(name, why is None, why or "", "local", True, files)
     if not st.user.get("is_logged_in", False):
-        return CurrentUser("", False, "log in (sidebar) to record decisions", "oidc", False)
+        return CurrentUser("", False, "log in (sidebar) to record decisions", "oidc", False, files)
     email = str(st.user.get("email") or "").strip().lower()
-    listed = (secrets.get("carlos") or {}).get("reviewers")
-    if not listed:
-        return CurrentUser(email, False, "no reviewers are listed in secrets.toml [carlos] reviewers", "oidc", True)
-    if not AccessPolicy.from_list(list(listed)).can_write(email):
-        return CurrentUser(email, False, f"{email or 'this account'} is not a listed reviewer (read-only)", "oidc", True)
-    return CurrentUser(email, True, "", "oidc", True)
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry in some containers
-        return "local reviewer"
+    why = policy.why_not(email)
+    if why is None:
+        return CurrentUser(email, True, "", "oidc", True, files)
+    if policy.reviewers is not None and not policy.reviewers:
+        reason = "no reviewers are listed in secrets.toml [carlos] reviewers"
+    else:
+        reason = f"{email or 'this account'} is not a listed reviewer (read-only)"
+    return CurrentUser(email, False, reason, "oidc", True, files)
 
 
 def sidebar_user() -> CurrentUser:
@@ -60,7 +71,8 @@ def sidebar_user() -> CurrentUser:
     user = current_user()
     with st.sidebar:
         if user.mode == "local":
-            st.caption(f"Reviewer: **{user.name}** (local mode; set CARLOS_REVIEWER to change)")
+            role = "" if user.can_write else f"; read-only: {user.reason}"
+            st.caption(f"Reviewer: **{user.name}** (local mode; set CARLOS_REVIEWER to change{role})")
         elif not user.logged_in:
             st.caption(f"Read-only: {user.reason}.")
             if st.button("Log in", key="auth_login"):

@@ -47,13 +47,30 @@ def require_corpus() -> CorpusView:
 
 def corpus_frame(view: CorpusView, thresholds: Thresholds) -> pd.DataFrame:
     """The view annotated under ``thresholds`` (risk class, percentiles, flags) with each
-    LoRA's review status and claim holder, and its NSFW label."""
-    df = annotate(view.frame, RiskPolicy(thresholds=thresholds))
+    LoRA's review status and claim holder, and its NSFW label. The annotation is remembered
+    per view and thresholds (it costs ~2 s per 100k LoRAs); the review status is read each time."""
+    df = _annotated(view, thresholds)
     status = review.status_frame(get_store(), view)[["lora_id", "status", "reviewer", "decided_at", "claimed_by"]]
-    out = df.merge(status, on="lora_id", how="left")
+    out = df.merge(status, on="lora_id", how="left")  # a new frame: the remembered one is never modified
     out.attrs.update(df.attrs)  # the review-region cuts
-    out["nsfw"] = out["nsfw_level"].map(lambda v: nsfw_label(None if pd.isna(v) else v))
     return out
+
+
+_ANNOTATED: dict[tuple[Any, ...], tuple[CorpusView, pd.DataFrame]] = {}
+_ANNOTATED_MAX = 4
+
+
+def _annotated(view: CorpusView, thresholds: Thresholds) -> pd.DataFrame:
+    key = (view.embedder, view.data_version, id(view), thresholds)
+    hit = _ANNOTATED.get(key)
+    if hit is not None and hit[0] is view:  # the same view object, not one that reused a freed id
+        return hit[1]
+    df = annotate(view.frame, RiskPolicy(thresholds=thresholds))
+    df["nsfw"] = df["nsfw_level"].map(lambda v: nsfw_label(None if pd.isna(v) else v))
+    while len(_ANNOTATED) >= _ANNOTATED_MAX:
+        _ANNOTATED.pop(next(iter(_ANNOTATED)))
+    _ANNOTATED[key] = (view, df)
+    return df
 
 
 @st.cache_resource(show_spinner=False)

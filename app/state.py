@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
+from app.text import code
 from carlos.errors import CarlosError
 
 T = TypeVar("T")
@@ -39,7 +40,8 @@ def colour_choices(base: Sequence[str]) -> list[str]:
 
 def flash(kind: str, text: str) -> None:
     """Queue a message (``kind``: success, warning, info) for the next run; pages call this
-    then ``st.rerun()`` so everything on the page reflects the write."""
+    then ``st.rerun()`` so everything on the page reflects the write. ``text`` is Markdown:
+    creator text in it goes through :func:`app.text.literal`."""
     st.session_state.setdefault("_flash", []).append((kind, text))
 
 
@@ -61,7 +63,7 @@ def url_default(key: str, default: T, *, param: str | None = None, parse: Callab
             st.session_state[key] = parse(raw) if parse else raw
             return
         except (ValueError, TypeError, CarlosError):
-            st.sidebar.caption(f"Ignored the link's `{param}={raw}`: not a valid value.")
+            st.sidebar.caption(f"Ignored the link's {code(f'{param}={raw}')}: not a valid value.")  # a link is untrusted
     st.session_state[key] = st.session_state.get(_KEEP + key, default)
 
 

@@ -13,6 +13,7 @@ import streamlit as st
 
 from app.access import write_note
 from app.state import flash
+from app.text import literal
 from carlos.characterize import results
 from carlos.config import CORPUS_EMBEDDER, Thresholds
 from carlos.core.comparability import comparability
@@ -31,7 +32,7 @@ def explained(action: str) -> Iterator[None]:
     try:
         yield
     except CarlosError as e:
-        st.error(f"Could not {action}: {e}")
+        st.error(f"Could not {action}: {literal(e)}")  # messages may quote names, file names or links
 
 
 def detail_url(lora_id: str) -> str:
@@ -118,7 +119,7 @@ def decision_panel(store: Store, lora_id: str, user: CurrentUser) -> None:
     if holder is None:
         if st.button("Claim for review", key="detail_claim", disabled=not user.can_write):
             with explained("claim this LoRA"):
-                review.claim(store, lora_id, user.name)
+                review.claim(store, lora_id, user)
                 st.rerun()
         return
     if holder != user.name:
@@ -130,12 +131,12 @@ def decision_panel(store: Store, lora_id: str, user: CurrentUser) -> None:
         decided = st.form_submit_button("Record decision", disabled=not user.can_write)
     if decided:
         with explained("record the decision"):
-            review.decide(store, lora_id, user.name, action, note or None)
+            review.decide(store, lora_id, user, action, note or None)
             flash("success", f"Recorded: {action} by {user.name}.")
             st.rerun()
-    if st.button("Release claim", key="detail_release"):
+    if st.button("Release claim", key="detail_release", disabled=not user.can_write):
         with explained("release the claim"):
-            review.release(store, lora_id, user.name)
+            review.release(store, lora_id, user)
             st.rerun()
 
 

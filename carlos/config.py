@@ -78,6 +78,58 @@ class Thresholds:
         return reasons
 
 
+#: Environment variables that override :class:`CacheLimits` (see :meth:`CacheLimits.from_env`).
+CACHE_ENV = {
+    "vector_max_entries": "CARLOS_CACHE_VECTORS_MAX_ENTRIES",
+    "vector_max_bytes": "CARLOS_CACHE_VECTORS_MAX_BYTES",
+    "map_max_entries": "CARLOS_CACHE_MAPS_MAX_ENTRIES",
+    "map_max_bytes": "CARLOS_CACHE_MAPS_MAX_BYTES",
+    "touch_interval_s": "CARLOS_CACHE_TOUCH_S",
+}
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    """Caps of the store's caches that reading can fill (``store.caches``).
+
+    Any visitor's search adds a query direction and a reviewer's map fit adds a map, so both
+    caches are bounded by entries and by bytes and evict the least recently used entry first.
+    Bytes are the logical payload (vector floats, map coordinates, keys and ids), not DuckDB's
+    compressed file size. A read refreshes an entry's last-used time only when it is older than
+    ``touch_interval_s``, so repeated reads of a hot entry cost no write.
+    """
+
+    vector_max_entries: int = 10_000  # cached query directions (512 floats each for the corpus)
+    vector_max_bytes: int = 64 * 2**20  # ~25,000 corpus-space directions with their info
+    map_max_entries: int = 8  # cached maps (each one UMAP fit: a corpus and its parameters)
+    map_max_bytes: int = 512 * 2**20  # a 1M-LoRA map is ~70 MB of coordinates and ids
+    touch_interval_s: float = 60.0  # last-used times are precise to this many seconds
+
+    def __post_init__(self) -> None:
+        for name in ("vector_max_entries", "vector_max_bytes", "map_max_entries", "map_max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"cache limit {name} must be an integer >= 1, got {value!r}")
+        t = self.touch_interval_s
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t < float("inf"):
+            raise InvalidInputError(f"touch_interval_s must be a finite number >= 0, got {t!r}")
+
+    @classmethod
+    def from_env(cls, environ: Any = None) -> CacheLimits:
+        """The defaults, each overridden by its ``CARLOS_CACHE_*`` variable (:data:`CACHE_ENV`)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, var in CACHE_ENV.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                values[name] = float(raw) if name == "touch_interval_s" else int(raw)
+            except ValueError:
+                raise InvalidInputError(f"{var} must be a number, got {raw!r}") from None
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where the store and its side files live."""

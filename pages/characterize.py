@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
 from app.access import write_note
 from app.navigation import page_setup
 from app.resources import capabilities, get_store
+from app.text import literal
+from app.uploads import discard_upload, validated_upload
 from app.widgets import detail_url, explained
 from app.worker import ensure_background_worker
-from carlos.characterize import jobs, results
+from carlos.characterize import fingerprints, jobs, results
 from carlos.characterize.engine import PROTOCOLS
 from carlos.config import Thresholds
 from carlos.core.comparability import comparability
 from carlos.search import lookup
 from carlos.search.capabilities import sdxl_weights
+from carlos.viz.adaptive import narrowing_figure
 
 user = page_setup()
 st.title("Characterize an upload")
@@ -64,42 +64,49 @@ elif not sdxl_ok:
 if backend == "sdxl" and not caps.gpu.available:
     st.warning("No GPU: full-size SDXL on the CPU takes minutes per image (the worker logs an estimate).")
 
-if upload is not None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.safetensors"
-        path.write_bytes(upload.getbuffer())
-        report = jobs.inspect_upload(path, upload.name, backend)
-        st.subheader("Validation report")
-        if report.ok:
-            st.success(
-                f"{report.format} LoRA for {report.base_family.upper()}, {report.n_tensors} tensors, "
-                f"rank {report.rank}, sha256 `{report.sha256[:16]}…`"
+if upload is None:
+    discard_upload()
+else:
+    kept = validated_upload(upload, backend)  # copied and hashed once per file, not per rerun
+    path, report = kept.path, kept.report
+    st.subheader("Validation report")
+    st.caption(f"File: {literal(upload.name)}")  # the uploader's name for it: shown as its characters
+    if report.ok:
+        st.success(
+            f"{report.format} LoRA for {report.base_family.upper()}, {report.n_tensors} tensors, "
+            f"rank {report.rank}, sha256 `{report.sha256[:16]}…`"
+        )
+    else:
+        st.error(f"Refused: {literal(report.error)}")
+    for c in report.contradictions:
+        st.warning(f"Declared metadata contradicts the tensors: {literal(c)}")
+    for w in report.warnings:
+        st.caption(f"⚠️ {literal(w)}")
+    known = lookup.by_sha256(store, report.sha256) if report.sha256 else None
+    if known:
+        st.info(f"This exact file was uploaded before: [{literal(known)}]({detail_url(known)}).")
+    weight_links, weight_note = fingerprints.upload_matches(store, path, report, limits=jobs.limits_for(backend))  # before any GPU work
+    for m in weight_links:
+        alert = st.error if m.status in ("flagged", "escalated") else st.warning
+        alert(f"Weights: {literal(m.text)} (cosine {m.cosine:.4f}) · [open]({detail_url(m.lora_id)})")
+    if weight_note:
+        st.caption(literal(weight_note))
+    with st.expander("Declared metadata"):
+        st.json(report.metadata or {})
+    if report.ok and st.button("Enqueue characterization", type="primary", key="char_enqueue", disabled=not user.can_write):
+        with explained("enqueue the job"):
+            sub = jobs.submit(
+                store,
+                path,
+                backend=backend,
+                protocol=protocol,
+                trigger=[w.strip() for w in trigger.split(",") if w.strip()],
+                original_name=upload.name,
+                user=user,
             )
-        else:
-            st.error(f"Refused: {report.error}")
-        for c in report.contradictions:
-            st.warning(f"Declared metadata contradicts the tensors: {c}")
-        for w in report.warnings:
-            st.caption(f"⚠️ {w}")
-        known = lookup.by_sha256(store, report.sha256) if report.sha256 else None
-        if known:
-            st.info(f"This exact file was uploaded before: [{known}]({detail_url(known)}).")
-        with st.expander("Declared metadata"):
-            st.json(report.metadata or {})
-        if report.ok and st.button("Enqueue characterization", type="primary", disabled=not user.can_write):
-            with explained("enqueue the job"):
-                sub = jobs.submit(
-                    store,
-                    path,
-                    backend=backend,
-                    protocol=protocol,
-                    trigger=[w.strip() for w in trigger.split(",") if w.strip()],
-                    original_name=upload.name,
-                    requested_by=user.name,
-                )
-                st.session_state["char_job"] = sub.job_id
-                if sub.duplicate_of_job is not None:
-                    st.info(f"An identical job (#{sub.job_id}) already exists; showing it.")
+            st.session_state["char_job"] = sub.job_id
+            if sub.duplicate_of_job is not None:
+                st.info(f"An identical job (#{sub.job_id}) already exists; showing it.")
 
 
 @st.fragment(run_every=2.0)
@@ -111,12 +118,18 @@ def progress_panel() -> None:
     job = results.job(store, job_id)
     st.subheader(f"Job #{job_id}: {job['status']}")
     st.progress(job["done"] / max(job["total"], 1), text=f"{job['done']} of {job['total']} pairs")
+    live = results.adaptive_progress(store, job)  # adaptive: the rule's state after each round
+    if live is not None:
+        (st.success if live.stopped else st.info)(live.message)
+        if len(live.rounds):
+            st.plotly_chart(narrowing_figure(live.rounds, live.thresholds), key="adaptive_rounds")
     if job["status"] in ("queued", "running"):
         ensure_background_worker()
-        if st.button("Cancel job"):
-            jobs.cancel(store, job_id)
+        if st.button("Cancel job", key="char_cancel", disabled=not user.can_write):
+            with explained("cancel the job"):
+                jobs.cancel(store, job_id, user)
     elif job["status"] == "failed":
-        st.error(f"Failed: {job['error']}")
+        st.error(f"Failed: {literal(job['error'])}")
     elif job["status"] == "finished":
         rep = results.representation_of_job(store, job)
         if rep is not None:

@@ -1,19 +1,22 @@
-"""Map: UMAP (cosine) of the LoRA directions, fitted once per corpus and parameters and
-cached in the store; colour by values, risk, review status or a search's score."""
+"""Map: UMAP (cosine) of the LoRA directions, fitted once per corpus and parameters (at corpus
+import, or by a reviewer's click) and cached in the store; colour by values, risk, review status
+or a search's score. A visitor never starts a fit."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from app.access import write_note
 from app.navigation import DETAIL_PAGE, page_setup
 from app.resources import corpus_frame, get_store, require_corpus
 from app.state import choice, colour_choices, ids_param, keep, last_search, parse_ids, url_default
+from app.text import literal
 from app.thresholds import threshold_sidebar
 from app.widgets import explained
+from carlos.viz import clusters, map_layers, maps, mapview
 from carlos.viz import figures as plots
-from carlos.viz import maps
 
-page_setup()
+user = page_setup()
 st.title("Map of directions")
 st.caption(
     "Each point is a LoRA placed by UMAP (cosine) of its Direction: LoRAs that change images "
@@ -31,7 +34,10 @@ with st.sidebar:
     colour = st.selectbox("Colour by", colours, key="map_colour")
     keep("map_colour", param="colour", fmt=lambda v: None if v == "risk class" else v)
     url_default("map_hl", list(search.get("hits", [])), param="hl", parse=lambda t: [i for i in parse_ids(t) if i in names])
-    highlight = st.multiselect("Highlight LoRAs", list(names), key="map_hl", format_func=lambda i: names[i])
+    # every name is an option up to MANY_OPTIONS LoRAs; above, the search hits and the link's ids
+    many = len(names) > mapview.MANY_OPTIONS
+    options = list(dict.fromkeys([*search.get("hits", []), *st.session_state["map_hl"]])) if many else list(names)
+    highlight = st.multiselect("Highlight LoRAs", options, key="map_hl", format_func=lambda i: names.get(i, i))
     keep("map_hl", param="hl", fmt=ids_param)
     with st.expander("UMAP parameters"):
         url_default("map_nn", 15, param="nn", parse=lambda t: min(max(int(t), 2), 100))
@@ -45,18 +51,111 @@ with st.sidebar:
         keep("map_ep", param="ep", fmt=lambda v: str(v) if v else None)
 
 cmap = None
-with explained("compute the map"):
+with explained("load the map"):
     config = maps.MapConfig(n_neighbors=int(nn), min_dist=float(md), n_epochs=int(ep) or None)
-    with st.spinner(f"Computing the map of {len(view)} directions (UMAP; once per corpus and parameters, then cached in the store)…"):
-        cmap = maps.corpus_map(store, view, config)
+    cmap = mapview.current_map(store, view, config)
+if cmap is None:
+    default = config == maps.MapConfig()
+    st.info(
+        ("No map of the corpus is cached yet" if default else "No map with these UMAP parameters is cached yet")
+        + f". Fitting one (UMAP on {len(view)} directions) takes from seconds to minutes, so only a reviewer "
+        "can start it here; `python -m carlos corpus import` fits the default map."
+        + ("" if default else " The default parameters may already have a map: reset the UMAP parameters in the sidebar.")
+    )
+    write_note(user)
+    if st.button("Fit this map now (UMAP)", key="map_fit", disabled=not user.can_write):
+        with explained("fit the map"):
+            with st.spinner(f"Fitting the map of {len(view)} directions (UMAP; once per corpus and parameters, then cached)…"):
+                cmap = maps.fit_map(store, view, config, user=user)
 if cmap is None:
     st.stop()
 
-frame = frame.merge(cmap.frame, on="lora_id", how="left")
+with explained("name the map's regions"):
+    regions = clusters.corpus_clusters(store, view, cmap, risk=frame["risk_class"].tolist())
+frame = mapview.with_regions(frame.merge(cmap.frame, on="lora_id", how="left"), regions)
 if colour == "search score":
     frame["score"] = frame["lora_id"].map(search["scores"])
-fig = plots.map_scatter(frame, colour=colour, highlight_ids=highlight)
-event = st.plotly_chart(fig, key="map_chart", on_select="rerun", selection_mode=("points", "box", "lasso"))
+region_label = regions.labels()
+sizes = {c.cluster_id: c.size for c in regions.clusters}
+
+
+def _region(text: str) -> int:
+    if int(text) not in region_label:
+        raise ValueError(text)
+    return int(text)
+
+
+# view state (URL): region, zoom (view), box selection (box), clicked points (pts)
+url_default("map_region", None, param="region", parse=_region)
+url_default("map_view", None, param="view", parse=mapview.Viewport.parse)
+url_default("map_box", None, param="box", parse=mapview.parse_box)
+url_default("map_points", [], param="pts", parse=parse_ids)
+st.session_state.setdefault("map_lasso", None)
+if st.session_state["map_region"] not in region_label:
+    st.session_state["map_region"] = None  # a region of another map (other parameters)
+
+
+def on_chart_select() -> None:
+    """A box, lasso or click on the map: kept as view state; a clicked region marker selects the region."""
+    sel = mapview.parse_selection(st.session_state["map_chart"].selection)
+    if sel.region is not None and sel.region in region_label:
+        st.session_state["map_region"] = sel.region
+        return
+    st.session_state["map_box"], st.session_state["map_lasso"], st.session_state["map_points"] = sel.box, sel.lasso, list(sel.ids)
+
+
+def on_region_pick(key: str) -> None:
+    """A row of the region table or a bar of the risk-mix chart selects that region."""
+    sel = st.session_state[key].selection
+    if key == "map_regions_table":
+        rows = sel.get("rows") or []
+        st.session_state["map_region"] = list(region_label)[rows[0]] if rows else None  # table rows: regions in order
+    else:
+        picked = mapview.parse_selection(sel).region
+        if picked is not None:
+            st.session_state["map_region"] = picked
+
+
+def zoom_to(box: mapview.Viewport | None) -> None:
+    st.session_state["map_view"] = box
+
+
+top = st.columns([3, 1, 1])
+region = top[0].selectbox(
+    "Region",
+    list(region_label),
+    key="map_region",
+    index=None,
+    placeholder=f"All {len(region_label)} regions (choose one here, or click its row or bar below)",
+    format_func=lambda c: f"{region_label[c]} ({sizes[c]} LoRAs)",
+)
+keep("map_region", param="region", fmt=lambda v: None if v is None else str(v))
+in_region = frame[frame["cluster_id"] == region] if region is not None else frame.iloc[:0]
+top[1].button(
+    "Zoom to region",
+    key="map_zoom_region",
+    disabled=region is None,
+    on_click=zoom_to,
+    args=(mapview.Viewport.around(in_region[["x", "y"]].to_numpy()) if len(in_region) else None,),
+)
+top[2].button("Reset zoom", key="map_zoom_reset", disabled=st.session_state["map_view"] is None, on_click=zoom_to, args=(None,))
+keep("map_view", param="view", fmt=lambda v: v.param() if v is not None else None)
+
+view_config = mapview.MapViewConfig.from_env()
+layer = mapview.aggregate(frame, st.session_state["map_view"], view_config, always=highlight)
+fig = plots.map_scatter(
+    layer.points,
+    colour=colour,
+    highlight_ids=highlight,
+    labels=mapview.place_labels(regions.clusters, layer.viewport),
+    selected_region=region,
+    outline=mapview.hull(in_region[["x", "y"]].to_numpy()) if len(in_region) else None,
+    density=layer.density,
+    viewport=layer.viewport if st.session_state["map_view"] is not None or layer.sampled else None,
+    webgl=len(layer.points) > view_config.svg_max_points,
+    totals=plots.category_totals(frame, colour) if layer.sampled else None,
+)
+st.plotly_chart(fig, key="map_chart", on_select=on_chart_select, selection_mode=("points", "box", "lasso"))
 n_placed = int((cmap.frame["placement"] != "fitted").sum())
 st.caption(
     f"Fitted on {len(cmap.fit_ids)} LoRAs ({'computed now' if cmap.fitted_now else 'loaded from the store'}"
@@ -70,12 +169,74 @@ st.caption(
     )
     + (f" {n_placed} uploaded LoRA(s) shown as diamonds." if n_placed else "")
 )
+if layer.sampled:
+    st.caption(
+        f"{layer.n_in_view:,} LoRAs in view: drawn as their density (cells) and a fixed sample of {len(layer.points):,}. "
+        "A box or lasso selects every LoRA inside it, drawn or not; **Zoom to selection** redraws that part, "
+        "with every point once few enough are in view."
+    )
+keep("map_box", param="box", fmt=mapview.box_param)
+keep("map_points", param="pts", fmt=ids_param)
+chosen = mapview.Selection(box=st.session_state["map_box"], lasso=st.session_state["map_lasso"], ids=tuple(st.session_state["map_points"]))
+picked = chosen.members(frame)
 
-picked = plots.selected_ids(event.selection if event else None)
-if picked:
-    st.subheader(f"Selected: {len(picked)}")
-    shown = picked if len(picked) <= 20 or st.toggle(f"Show all {len(picked)} (20 listed)") else picked[:20]
-    for lid in shown:
-        st.page_link(DETAIL_PAGE, label=f"{names.get(lid, lid)} — details", query_params={"lora": lid})
+
+def link_list(rows, what: str, key: str) -> None:
+    """Links to the detail pages of ``rows`` (20, or up to 500 on request)."""
+    n = len(rows)
+    limit = 500 if n > 20 and st.toggle(f"Show more of the {n:,} {what} (20 listed; up to 500)", key=key) else 20
+    for lid, name in zip(rows["lora_id"].iloc[:limit], rows["name"].iloc[:limit]):
+        st.page_link(DETAIL_PAGE, label=f"{literal(names.get(lid, name))} — details", query_params={"lora": lid})
+
+
+if not chosen.empty:
+    mix = picked["cluster"].value_counts()
+    st.subheader(f"Selected: {len(picked):,}")
+    st.caption(
+        "In regions: " + "; ".join(f"{literal(r)} ({n})" for r, n in mix.head(6).items()) + (" …" if len(mix) > 6 else "")
+        if len(picked)
+        else "No LoRA in the selection."
+    )
+    if len(picked) > 1:
+        st.button("Zoom to selection", key="map_zoom_sel", on_click=zoom_to, args=(mapview.Viewport.around(picked[["x", "y"]].to_numpy()),))
+    link_list(picked, "selected LoRAs", "map_sel_more")
 else:
-    st.caption("Click a point, or box/lasso-select several, to list them with links to their details.")
+    st.caption(
+        "Box- or lasso-select (every LoRA inside, drawn or not) to list them with links to their details; "
+        "in pan mode (toolbar) a click selects one point or a region's marker."
+    )
+
+st.subheader("Regions")
+st.caption(
+    "Dense regions of the map (HDBSCAN), named by the words their members' names and descriptions use more than "
+    "the rest of the corpus do (class-based TF-IDF): what uploaders call the LoRAs that behave alike, "
+    f"creator words shown as plain text. {sizes.get(clusters.NOISE, 0)} LoRAs lie in no region."
+)
+table = mapview.region_table(regions, plots.RISK_CLASSES)
+left, right = st.columns([3, 2])
+with left:
+    st.dataframe(
+        table,
+        key="map_regions_table",
+        on_select=lambda: on_region_pick("map_regions_table"),
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+        column_order=["region", "LoRAs", *plots.RISK_CLASSES],
+        column_config={
+            "region": st.column_config.TextColumn("region", width="medium"),
+            "LoRAs": st.column_config.NumberColumn("LoRAs", width=60),
+            **{k: st.column_config.NumberColumn(k.replace("too ", ""), width=60) for k in plots.RISK_CLASSES},
+        },
+    )
+with right:
+    st.plotly_chart(
+        map_layers.risk_mix_bar(table, plots.RISK_CLASSES, region),
+        key="map_mix",
+        on_select=lambda: on_region_pick("map_mix"),
+        selection_mode="points",
+    )
+if region is not None:
+    members = in_region.sort_values("strength", ascending=False)
+    st.markdown(f"**Region {literal(region_label[region])}**: {len(members):,} LoRAs, strongest first")
+    link_list(members, "LoRAs of this region", "map_region_more")

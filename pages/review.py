@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
@@ -10,9 +12,11 @@ from app.navigation import page_setup
 from app.resources import get_store, require_corpus
 from app.state import choice, keep, url_default
 from app.widgets import detail_url, hidden_toggle
+from carlos.report import export as case_files
+from carlos.review import weight_groups
 from carlos.review import workflow as review
 
-page_setup()
+user = page_setup()
 st.title("Review queue & audit log")
 store, view = get_store(), require_corpus()
 names = dict(zip(view.frame["lora_id"], view.frame["name"]))
@@ -44,11 +48,18 @@ else:
     shown = queue.copy()
     shown["claim"] = shown["claimed_by"].fillna("unclaimed")
     for col in ("near_duplicates", "same_file"):
-        shown[col] = shown[col].map(lambda ids: "; ".join(names.get(i, i) for i in ids))
+        shown[col] = shown[col].map(lambda ids: "not looked up" if ids is None else "; ".join(names.get(i, i) for i in ids))
+    skipped = int(queue["near_duplicates"].isna().sum())  # over the work budget: not looked up
+    if skipped:
+        st.caption(
+            f"Near-duplicates were looked up for the {len(queue) - skipped} most recent items only (a bounded amount of "
+            f"work per page at {len(view)} LoRAs); narrow the status or reviewer filters to see them for the other {skipped}."
+        )
     shown["details"] = shown["lora_id"].map(detail_url)
     st.dataframe(
         shown[
             [
+                "group",
                 "name",
                 "status",
                 "claim",
@@ -65,6 +76,7 @@ else:
         hide_index=True,
         width="stretch",
         column_config={
+            "group": st.column_config.NumberColumn("group", help="items linked by near-duplicates or the same file share a group"),
             "same_file": "re-uploads (same sha256)",
             "near_duplicates": f"near-duplicates (cos ≥ {cos:g})",
             "details": st.column_config.LinkColumn("Details", display_text="open & decide"),
@@ -72,6 +84,51 @@ else:
             "decided_at": "at",
         },
     )
+    chosen = st.multiselect(
+        "Case file of",
+        list(queue["lora_id"]),
+        key="rq_case",
+        format_func=lambda i: f"{names.get(i, i)} ({i})",
+        placeholder="Choose LoRAs of the queue for one case file",
+    )
+    for col, fmt in zip(st.columns(3), case_files.download_formats()):
+        col.download_button(
+            f"Download case file ({fmt.upper()})",
+            partial(case_files.case_bytes, store, chosen, fmt, generated_by=user.name),
+            case_files.download_name(chosen, fmt),
+            case_files.MIME[fmt],
+            key=f"rq_case_{fmt}",
+            on_click="ignore",
+            disabled=not chosen,
+        )
+
+# -- weight-space copies ----------------------------------------------------------------------------------
+st.subheader("Same weights, other files")
+copies = weight_groups.weight_groups(store)
+if copies.empty:
+    st.caption("No weight-space matches stored yet: every validated upload is fingerprinted and compared with the stored ones.")
+else:
+    wnames = dict(zip(copies["lora_id"], copies["name"]))
+    shown = copies.copy()
+    for col in ("same_weights_as", "shares_weights_with"):
+        shown[col] = shown[col].map(lambda ids: "; ".join(wnames.get(i, i) for i in ids))
+    shown["details"] = shown["lora_id"].map(detail_url)
+    cols = ["group", "name", "role", "status", "suggested_decision", "suggested_because", "same_weights_as", "shares_weights_with"]
+    st.dataframe(  # plain-text cells: names are creator text
+        shown[[*cols, "details"]],
+        hide_index=True,
+        width="stretch",
+        key="rq_weight_groups",
+        column_config={
+            "group": st.column_config.NumberColumn("group", help="copies of one LoRA (same, rescaled or rank-reduced weights)"),
+            "suggested_decision": "suggested decision",
+            "suggested_because": "because",
+            "same_weights_as": "same LoRA as",
+            "shares_weights_with": "shares weights with (merge, modules)",
+            "details": st.column_config.LinkColumn("Details", display_text="open & decide"),
+        },
+    )
+    st.caption("The original is the member fingerprinted first; a copy is suggested its original's decision. Decide on each LoRA's page.")
 
 # -- the audit log ----------------------------------------------------------------------------------------
 st.subheader("Audit log")

@@ -9,6 +9,7 @@ from app.access import write_note
 from app.navigation import page_setup
 from app.resources import corpus_frame, get_store, require_corpus
 from app.state import choice, colour_choices, flash, ids_param, keep, last_search, parse_ids, url_default
+from app.text import literal
 from app.thresholds import fmt_threshold, threshold_sidebar
 from app.widgets import explained, lora_table
 from carlos.characterize import results
@@ -94,10 +95,10 @@ if selected:
         go = st.form_submit_button(f"Flag these {len(selected)} LoRAs", disabled=not user.can_write)
     if go:
         with explained("flag the selection"):
-            res = review.bulk_flag(store, selected, user.name, note or None)
+            res = review.bulk_flag(store, selected, user, note or None)
             flash("success", f"Flagged {len(res['flagged'])} LoRA(s) as {user.name}.")
             for lid, why in res["skipped"]:
-                flash("warning", f"Skipped {names.get(lid, lid)}: {why}.")
+                flash("warning", f"Skipped {literal(names.get(lid, lid))}: {why}.")
             st.rerun()
 else:
     st.caption("Nothing selected.")
@@ -113,7 +114,7 @@ with st.form("save_thresholds"):
     save = st.form_submit_button("Save these thresholds", disabled=not user.can_write)
 if save:
     with explained("save the thresholds"):
-        review.set_thresholds(store, thresholds, user.name, t_note or None)
+        review.set_thresholds(store, thresholds, user, t_note or None)
         flash("success", f"Saved the thresholds as {user.name}.")
         st.rerun()
 history = review.threshold_history(store)

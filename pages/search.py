@@ -6,11 +6,14 @@ import pandas as pd
 import streamlit as st
 
 from app.navigation import page_setup
-from app.resources import require_corpus, search_service
+from app.resources import get_store, require_corpus, search_service
 from app.state import SEARCH_KEY, keep, url_default
+from app.text import literal
 from app.thresholds import threshold_sidebar
 from app.widgets import detail_url, explained, hidden_toggle
+from carlos.core.untrusted import csv_bytes
 from carlos.search.retrievers import LABELS, RETRIEVERS, SearchConfig
+from carlos.viz import mapview
 
 user = page_setup()
 st.title("Search LoRAs by what they do")
@@ -65,7 +68,7 @@ def run(name: str):
 
 def table(result, only_here: set[str] | None = None, key: str = "") -> None:
     for note in result.notes:
-        st.caption(f"ℹ️ {note}")
+        st.caption(f"ℹ️ {literal(note)}")  # notes quote the query, which a shared link sets
     rows = pd.DataFrame([h.to_dict() for h in result.hits])
     if rows.empty:
         st.info("No LoRA passed the thresholds for this query.")
@@ -74,20 +77,33 @@ def table(result, only_here: set[str] | None = None, key: str = "") -> None:
         rows["flags"] = rows["flags"].map("; ".join)
         if only_here is not None:
             rows["name"] = [("★ " if lid in only_here else "") + n for lid, n in zip(rows["lora_id"], rows["name"])]
+        # score first and the name at medium width: side by side at 1440 px both tables show rank, score, name and link
+        on_map = mapview.regions_of(get_store(), view, rows["lora_id"].tolist())  # None: no map cached
+        rows["region"] = rows["lora_id"].map(lambda i: on_map[i][1] if i in on_map else "") if on_map is not None else None
+        shown = ["rank", "score", "name", "open", *(["region"] if on_map is not None else [])]
+        shown += ["strength", "consistency", "strength_pct", "consistency_pct", "flags"]
         st.dataframe(
-            rows[["rank", "name", "score", "strength", "strength_pct", "consistency", "consistency_pct", "flags", "open"]],
+            rows[shown],
             hide_index=True,
             width="stretch",
             key=f"tbl_{key}",
             column_config={
-                "name": st.column_config.TextColumn("LoRA", width="large"),
-                "score": st.column_config.NumberColumn("Score", format="%.3f"),
+                "rank": st.column_config.NumberColumn("rank", width=45),
+                "score": st.column_config.NumberColumn("Score", format="%.3f", width=70),
+                "name": st.column_config.TextColumn("LoRA", width="medium" if only_here is not None else "large"),
+                "open": st.column_config.LinkColumn("Detail", display_text="open", width=60),
+                "region": st.column_config.TextColumn("Map region", help="its region on the map of directions (Map page)"),
                 "strength": st.column_config.NumberColumn("Strength", format="%.2f"),
                 "strength_pct": st.column_config.NumberColumn("Str pct", format="%.0f"),
                 "consistency": st.column_config.NumberColumn("Consistency", format="%.3f"),
                 "consistency_pct": st.column_config.NumberColumn("Cons pct", format="%.0f"),
-                "open": st.column_config.LinkColumn("Detail", display_text="open"),
             },
+        )
+        export = rows[["rank", "lora_id", "name", "score", "strength", "strength_pct", "consistency", "consistency_pct", "flags"]]
+        if on_map is not None:
+            export = export.assign(region=rows["region"])
+        st.download_button(
+            "Download these results (CSV)", csv_bytes(export), "carlos-search.csv", "text/csv", key=f"csv_{key}", on_click="ignore"
         )
     if hidden_toggle(result.n_excluded, "LoRAs", key=f"hidden_{key}", by="the thresholds"):
         ex = pd.DataFrame([h.to_dict() for h in result.excluded])

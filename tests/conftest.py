@@ -1,17 +1,36 @@
-"""Shared fixtures: the real corpus imported once per session into a temporary store."""
+"""Shared fixtures: the real corpus imported once per session into a temporary store; hypothesis profiles."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from carlos.config import REPO_ROOT
 from carlos.data.corpus import fetch_release, import_parquet
 from carlos.store.store import Store
 
 CACHE = REPO_ROOT / "data" / "cache"
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (default "ci"). Tests that scale their
+# example counts (tests/files/test_fuzz_validator.py) read max_examples as "100 = the ci share".
+# ci: deterministic (derandomized, no example database) and no deadline, so it never flakes.
+settings.register_profile("ci", max_examples=100, derandomize=True, database=None, deadline=None, print_blob=True)
+# fuzz (`make fuzz`): 100x the examples (FUZZ_MAX_EXAMPLES=10000), random, failures remembered
+# in data/cache/hypothesis and replayed first next time, and a deadline that surfaces slow inputs.
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("FUZZ_MAX_EXAMPLES", "10000")),
+    database=DirectoryBasedExampleDatabase(str(CACHE / "hypothesis")),
+    deadline=timedelta(seconds=5),
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,22 @@ import pytest
 from carlos.config import REPO_ROOT
 
 CARLOS = REPO_ROOT / "carlos"
-STAGES = ("core", "store", "data", "files", "models", "search", "characterize", "review", "evaluate", "viz", "bench", "cli")
+STAGES = (
+    "core",
+    "store",
+    "data",
+    "files",
+    "weights",
+    "models",
+    "search",
+    "characterize",
+    "review",
+    "evaluate",
+    "viz",
+    "bench",
+    "report",
+    "cli",
+)
 FLAT_ALLOWED = {"__init__.py", "__main__.py", "config.py", "errors.py"}
 MAX_LINES = 450
 

@@ -1,7 +1,9 @@
 """Characterization jobs: submit an upload, run the queue, report progress.
 
-``submit`` validates the untrusted file, copies it under its sha256 (never the
-uploader's name), registers the LoRA and enqueues a job. ``Worker`` takes jobs
+``submit`` checks that the acting user may write (the access policy of
+:mod:`carlos.core.access`), then validates the untrusted file, copies it under its sha256
+(never the uploader's name), registers the LoRA and enqueues a job; ``cancel`` is a
+reviewer's write too. The worker finishing jobs is the system, not a user. ``Worker`` takes jobs
 one at a time (``python -m carlos worker``); a job whose worker stopped sending
 heartbeats is taken over and resumes from its stored pairs.
 """
@@ -30,6 +32,7 @@ from carlos.characterize.engine import (
     trigger_words,
 )
 from carlos.config import DEFAULT_BACKEND, DEFAULT_PROMPT_SET, DEFAULT_PROTOCOL
+from carlos.core.access import AccessPolicy, CurrentUser, authorize
 from carlos.errors import CarlosError, InvalidInputError
 from carlos.files.validate import LoRAFileLimits, LoRAFileReport, inspect_lora, safe_filename
 from carlos.store.store import Store
@@ -76,18 +79,23 @@ def submit(
     store: Store,
     path: str | Path,
     *,
+    user: CurrentUser,
+    policy: AccessPolicy | None = None,
     backend: str = DEFAULT_BACKEND,
     protocol: str = DEFAULT_PROTOCOL,
     trigger: str | Sequence[str] | None = None,
     original_name: str | None = None,
-    requested_by: str | None = None,
     uploads_dir: Path | None = None,
     limits: LoRAFileLimits | None = None,
     name: str | None = None,
     prompt_set: str = DEFAULT_PROMPT_SET,
     adaptive: dict[str, Any] | None = None,
 ) -> Submission:
-    """Validate, store a sanitised copy, register the LoRA and enqueue its job.
+    """Validate, store a sanitised copy, register the LoRA and enqueue its job, as ``user``.
+
+    ``user`` must be allowed to write (PermissionDeniedError otherwise, before the file is
+    read or anything stored); it is recorded as the job's ``requested_by``. ``policy``: see
+    :func:`~carlos.core.access.authorize` (default: resolved now).
 
     ``adaptive``: stopping settings of an ``adaptive`` job (``AdaptiveSettings`` fields, and
     ``thresholds``: a dict of ``strength_max`` / ``consistency_min``; see ``adaptive_run``).
@@ -98,6 +106,7 @@ def submit(
     manifest) is the display name of a LoRA registered for the first time; by default the
     file's metadata title or its file name.
     """
+    requester = authorize(user, "upload a LoRA for characterization", policy)
     path = Path(path)
     proto = get_protocol(protocol)
     words = list(trigger_words(trigger))
@@ -132,6 +141,7 @@ def submit(
             }
         ]
     )
+    fingerprint_upload(store, stored, lora_id, report, original_name or path.name, limits_for(backend, limits), user, policy)
     for job_id, options in store.jobs.live_of(lora_id, backend, protocol):
         opts = json.loads(options or "{}")
         same_adaptive = opts.get("adaptive") == _adaptive_options(adaptive).get("adaptive")
@@ -144,9 +154,34 @@ def submit(
         protocol,
         len(pairs),
         {"trigger": words, "prompt_set": prompt_set, "sha256": report.sha256, **_adaptive_options(adaptive)},
-        requested_by,
+        requester,
     )
     return Submission(job_id, lora_id, report, None, known)
+
+
+def fingerprint_upload(
+    store: Store,
+    stored: Path,
+    lora_id: str,
+    report: LoRAFileReport,
+    file_name: str,
+    limits: LoRAFileLimits,
+    user: CurrentUser,
+    policy: AccessPolicy | None = None,
+) -> None:
+    """Store an upload's weight fingerprint and weight-space matches (once per file), before any GPU work.
+
+    A file that validated but cannot be fingerprinted is logged, not refused: the weights
+    check is an addition to the upload, not a gate on it.
+    """
+    from carlos.characterize import fingerprints
+
+    if store.fingerprints.get(lora_id) is not None:
+        return
+    try:
+        fingerprints.register(store, stored, user=user, policy=policy, lora_id=lora_id, file_name=file_name, limits=limits, report=report)
+    except CarlosError as e:
+        log.warning("upload %s: no weight fingerprint: %s", lora_id, e)
 
 
 def _adaptive_options(adaptive: dict[str, Any] | None) -> dict[str, Any]:
@@ -157,8 +192,11 @@ def _adaptive_options(adaptive: dict[str, Any] | None) -> dict[str, Any]:
     return {"adaptive": adaptive, **({"thresholds": thresholds} if thresholds is not None else {})}
 
 
-def cancel(store: Store, job_id: int) -> bool:
-    """Cancel a queued or running job (a running worker stops at its next chunk); False if it was neither."""
+def cancel(store: Store, job_id: int, user: CurrentUser, *, policy: AccessPolicy | None = None) -> bool:
+    """Cancel a queued or running job as ``user`` (reviewers only: PermissionDeniedError
+    otherwise, and nothing changes); a running worker stops at its next chunk. False if the
+    job was neither queued nor running."""
+    authorize(user, f"cancel job {job_id}", policy)
     return store.jobs.cancel(job_id)
 
 

@@ -10,6 +10,15 @@ LoRA files reach the workers through the object store. A dead actor process is r
 by Ray and its calls retried; an actor gone for good has its chunks re-queued. Stopped at
 any point, a rerun redoes only the chunks that were in flight (README: "Many LoRAs on Ray").
 
+**Adaptive jobs**: the driver decides when a LoRA is done, with the worker's
+:class:`~carlos.characterize.adaptive_run.AdaptivePlan` (same rounds, pair order and rule on the
+stored pairs): it queues one round's chunks, decides once all are stored, then queues the next
+round or finishes the job (same ``provenance["adaptive"]``); a stopped job's queued chunks are
+dropped and results still in flight discarded (``lora_pairs_discarded``). No speculation: no image
+past the stop, at the cost of each round's tail, when the job's actor takes another LoRA's chunks
+(a LoRA switch) or, with fewer LoRAs left than actors, waits (README: "Many LoRAs on Ray"). Base
+images are queued with the pairs that need them.
+
 This module is the driver; the actor side (:class:`~carlos.characterize.ray_actors.ChunkWorker`,
 starting and stopping actors, :class:`~carlos.characterize.ray_actors.RayConfig`) is
 :mod:`carlos.characterize.ray_actors`.
@@ -29,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from carlos.characterize.adaptive_run import PROTOCOL as ADAPTIVE
+from carlos.characterize.adaptive_run import AdaptivePlan
 from carlos.characterize.engine import (
     Pair,
     Progress,
@@ -54,6 +65,7 @@ class RunReport:
     failed: dict[int, str] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
     lora_pairs_computed: int = 0
+    lora_pairs_discarded: int = 0  # results of jobs closed meanwhile (an adaptive stop, a cancel)
     lora_pairs_already_stored: int = 0
     base_pairs_computed: int = 0
     base_pairs_cached: int = 0
@@ -62,6 +74,7 @@ class RunReport:
     actors: int = 0
     devices: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: dict[int, str] = field(default_factory=dict)  # adaptive jobs: "stopped after N of 4,480 pairs: <reason>"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +95,8 @@ class _Job:
     pending: deque = field(default_factory=deque)
     lora_box: list[Any] = field(default_factory=list)  # [ObjectRef of the file's bytes]
     sha256: str = ""
+    plan: AdaptivePlan | None = None  # adaptive jobs: the rounds and the stopping rule
+    round_left: set[int] = field(default_factory=set)  # pair indices of the current round not stored yet
 
 
 class _Driver:
@@ -112,9 +127,8 @@ class _Driver:
         self.done = sum(int(j["done"]) for j in jobs)
         self.base = store.jobs.base_embeddings(self.base_key, [(p.prompt, p.seed) for p in self.pairs])
         report.base_pairs_cached = len(self.base)
-        missing = [p for p in self.pairs if (p.prompt, p.seed) not in self.base]
-        n = config.chunk_pairs
-        self.base_pending = deque(_Chunk(None, missing[i : i + n]) for i in range(0, len(missing), n))
+        self.base_pending: deque[_Chunk] = deque()  # queued with the first job pairs that need them
+        self.base_queued: set[tuple[str, int]] = set()
         self.base_png = {
             p.index: store.jobs.base_thumbnail(self.base_key, p.prompt, p.seed)
             for p in self.pairs[: config.thumbnails]
@@ -137,7 +151,12 @@ class _Driver:
         stored = self.store.jobs.done_pairs(job_id)
         self.report.lora_pairs_already_stored += len(stored)
         state = _Job(claimed, trigger_words((claimed.get("options") or {}).get("trigger")), len(stored))
-        todo = [p for p in self.pairs if p.index not in stored]
+        if claimed["protocol"] == ADAPTIVE:
+            state.plan = AdaptivePlan(self.store, claimed, self.pairs, self.subset)
+            todo = state.plan.next_pairs(stored)  # rounds stored before are decided again
+            state.round_left = {p.index for p in todo}
+        else:
+            todo = [p for p in self.pairs if p.index not in stored]
         if not todo:
             self._finish(state)
             return None
@@ -152,16 +171,32 @@ class _Driver:
             self._fail(state, lora_mismatch(claimed["file_path"], expected, state.sha256))
             return None
         state.lora_box = [ray.put(data)]
-        n = self.config.chunk_pairs
-        state.pending.extend(_Chunk(job_id, todo[i : i + n]) for i in range(0, len(todo), n))
         self.open[job_id] = state
+        self._queue(state, todo)
         return state
+
+    def _queue(self, state: _Job, todo: list[Pair]) -> None:
+        """Queue chunks of ``todo`` for the job, and base chunks for those without base images."""
+        n = self.config.chunk_pairs
+        base = [p for p in todo if (p.prompt, p.seed) not in self.base and (p.prompt, p.seed) not in self.base_queued]
+        self.base_queued.update((p.prompt, p.seed) for p in base)
+        self.base_pending.extend(_Chunk(None, base[i : i + n]) for i in range(0, len(base), n))
+        state.pending.extend(_Chunk(int(state.job["job_id"]), todo[i : i + n]) for i in range(0, len(todo), n))
+
+    def _round_done(self, state: _Job, plan: AdaptivePlan) -> None:
+        """Every pair of an adaptive job's round is stored: decide, then go on or finish."""
+        plan.look()
+        todo = plan.next_pairs(self.store.jobs.done_pairs(int(state.job["job_id"])))
+        state.round_left = {p.index for p in todo}
+        if todo:
+            self._queue(state, todo)
+        else:
+            self._finish(state)
 
     def _skip(self, job: dict[str, Any], why: str) -> None:
         self.report.skipped[int(job["job_id"])] = why
         self.total -= int(job["total"]) - int(job["done"])
         log.warning("job %s skipped: %s", job["job_id"], why)
-        return None
 
     def _close(self, state: _Job) -> None:
         self.open.pop(int(state.job["job_id"]), None)
@@ -172,13 +207,19 @@ class _Driver:
     def _finish(self, state: _Job) -> None:
         job_id = int(state.job["job_id"])
         try:
-            self.char.finish(state.job, self.subset, self.protocol, state.trigger)
+            adaptive = None if state.plan is None else state.plan.provenance()
+            self.char.finish(state.job, self.subset, self.protocol, state.trigger, adaptive=adaptive)
         except CarlosError as err:
             self._fail(state, str(err))
             return
-        self._close(state)
+        self._close(state)  # an adaptive stop: its queued chunks are dropped, those in flight discarded
         self.report.finished.append(job_id)
-        log.info("job %d finished", job_id)
+        if adaptive is not None:
+            self.report.stopped[job_id] = adaptive["message"]
+            self.total -= int(state.job["total"]) - state.done  # the pairs past the stop are not made
+            if self.progress:
+                self.progress(self.done, self.total)
+        log.info("job %d finished%s", job_id, f": {adaptive['message']}" if adaptive else "")
 
     def _fail(self, state: _Job, why: str) -> None:
         job_id = int(state.job["job_id"])
@@ -193,14 +234,20 @@ class _Driver:
         if self.base_pending:
             return self.base_pending.popleft()
         state = self.open.get(slot.current_job) if slot.current_job is not None else None
-        while (state is None or not state.pending) and self.waiting:
+        while (state is None or not state.pending) and self.waiting and self._room():
             state = self._open(self.waiting.popleft())  # a LoRA of its own for every actor
+        if self.base_pending:  # the job just opened needs base images first
+            return self.base_pending.popleft()
         if state is None or not state.pending:  # help the job with the most left
             state = max((s for s in self.open.values() if s.pending), key=lambda s: len(s.pending), default=None)
         if state is None:
             return None
         slot.current_job = int(state.job["job_id"])
         return state.pending.popleft()
+
+    def _room(self) -> bool:
+        """Open a job only while fewer open jobs have chunks queued than actors are alive."""
+        return sum(1 for s in self.open.values() if s.pending) < sum(1 for s in self.slots if s.alive)
 
     def _submit(self, slot: ActorSlot, chunk: _Chunk) -> None:
         if chunk.job_id is None:
@@ -271,6 +318,8 @@ class _Driver:
         elif chunk.job_id in self.open:
             self.report.lora_pairs_computed += len(items)
             self._store_lora(chunk.job_id, items)
+        else:  # its job stopped (adaptive), was cancelled or failed meanwhile: never stored
+            self.report.lora_pairs_discarded += len(items)
 
     def _store_base(self, items: list[tuple[Pair, np.ndarray, bytes | None]]) -> None:
         self.store.jobs.put_base_embeddings(self.base_key, [(p.prompt, p.seed, f, png) for p, f, png in items])
@@ -308,7 +357,11 @@ class _Driver:
         state.done = n_done
         if self.progress:
             self.progress(self.done, self.total)
-        if n_done >= int(state.job["total"]):
+        if state.plan is not None:
+            state.round_left.difference_update(p.index for p, _, _ in ready)
+            if not state.round_left:
+                self._round_done(state, state.plan)
+        elif n_done >= int(state.job["total"]):
             self._finish(state)
 
     # -- loop ----------------------------------------------------------------------------------

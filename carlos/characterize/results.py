@@ -1,13 +1,17 @@
 """What characterization leaves in the store, as the pages and the CLI read it: jobs, the
-representation a job produced, per-pair results, image thumbnails of one LoRA, and the
-intervals and confident risk class stored with a representation (``provenance["uncertainty"]``)."""
+representation a job produced, per-pair results, image thumbnails of one LoRA, the
+intervals and confident risk class stored with a representation (``provenance["uncertainty"]``)
+and an adaptive job's state round by round (:func:`adaptive_progress`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from carlos.characterize.adaptive_run import PROTOCOL as ADAPTIVE
+from carlos.characterize.adaptive_run import settings_of
 from carlos.config import Thresholds
 from carlos.core.confidence import NO_INTERVAL, risk_call
 from carlos.core.uncertainty import Uncertainty
@@ -96,3 +100,44 @@ def representation_intervals(store: Store, lora_id: str) -> pd.DataFrame:
         rows.append((label, rep.strength, *u.strength_interval, rep.consistency, *u.consistency_interval, u.n_clusters))
     cols = ["label", "strength", "strength_lo", "strength_hi", "consistency", "consistency_lo", "consistency_hi", "prompts"]
     return pd.DataFrame(rows, columns=cols)
+
+
+#: Columns of :attr:`AdaptiveProgress.rounds` (``carlos.viz.adaptive.narrowing_figure`` draws them).
+ROUND_COLUMNS = ("round", "n", "strength", "strength_lo", "strength_hi", "consistency", "consistency_lo", "consistency_hi", "waiting_for")
+
+
+@dataclass(frozen=True)
+class AdaptiveProgress:
+    """Where an adaptive job stands: the line to show and the decision after every round so far."""
+
+    message: str  # "420 of 4,480 pairs; waiting for: consistency" or "stopped after 420 of 4,480 pairs: <reason>"
+    stopped: bool  # finished with its stopping reason
+    rounds: pd.DataFrame  # one row per round decided (ROUND_COLUMNS), in order
+    thresholds: Thresholds  # the thresholds the job's rule decides with
+
+
+def adaptive_progress(store: Store, job_row: dict[str, Any]) -> AdaptiveProgress | None:
+    """An adaptive job's state after each round (recorded by the worker and the Ray driver as they
+    decide); None for a job of another protocol."""
+    if job_row.get("protocol") != ADAPTIVE:
+        return None
+    rounds = store.jobs.rounds(int(job_row["job_id"]))
+    rows = []
+    for r in rounds:
+        d = r["decision"]
+        s_lo, s_hi = d.get("strength_interval") or (None, None)
+        c_lo, c_hi = d.get("consistency_interval") or (None, None)
+        rows.append(
+            (r["round_index"] + 1, r["n"], d.get("strength"), s_lo, s_hi, d.get("consistency"), c_lo, c_hi, ", ".join(d["waiting_for"]))
+        )
+    frame = pd.DataFrame(rows, columns=list(ROUND_COLUMNS))
+    thresholds = settings_of(job_row.get("options"))[1]
+    rep = representation_of_job(store, job_row) if job_row["status"] == "finished" else None
+    adaptive = rep.provenance.get("adaptive") if rep is not None else None
+    if adaptive:
+        return AdaptiveProgress(str(adaptive["message"]), True, frame, thresholds)
+    if rounds:
+        message = str(rounds[-1]["decision"]["message"])
+    else:
+        message = f"{int(job_row['done']):,} of {int(job_row['total']):,} pairs; waiting for: the first round"
+    return AdaptiveProgress(message, False, frame, thresholds)

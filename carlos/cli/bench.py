@@ -1,4 +1,5 @@
-"""``bench query|scale|characterize|adaptive``: benchmarks measured side by side in one run (tables in bench/README.md)."""
+"""``bench query|scale|characterize|adaptive|review|load|weights|map``: benchmarks measured side by side in one run
+(tables in bench/README.md)."""
 
 from __future__ import annotations
 
@@ -145,6 +146,93 @@ def _bench_adaptive(args: argparse.Namespace) -> int:
     return _finish(args, "adaptive", result, adaptive_bench_text(result), adaptive_bench_markdown(result, cmd))
 
 
+def _bench_review(args: argparse.Namespace) -> int:
+    from carlos.bench.review import ReviewBenchConfig, review_bench_markdown, review_bench_text, run_review_bench
+
+    cfg = ReviewBenchConfig(
+        sizes=int_list(args.sizes),
+        open_items=args.open_items,
+        level=args.level,
+        repeats=args.repeats,
+        workdir=args.workdir,
+        keep=args.keep,
+    )
+    store = open_store(args) if args.db or Path(_default_db()).exists() else None
+    bar, update = progress_bar("sizes", disabled=args.quiet or args.json or args.markdown)
+    result = run_review_bench(cfg, store=store, progress=update)
+    close(bar)
+    cmd = f"python -m carlos bench review --sizes {args.sizes} --open-items {args.open_items}"
+    result["command"] = cmd
+    return _finish(args, "review", result, review_bench_text(result), review_bench_markdown(result, cmd))
+
+
+def _bench_load(args: argparse.Namespace) -> int:
+    from carlos.bench.load import LoadBenchConfig, load_bench_markdown, load_bench_text, run_load_bench
+
+    cfg = LoadBenchConfig(
+        sessions=args.sessions,
+        seconds=args.seconds,
+        client=args.client,
+        worker=not args.no_worker,
+        think_s=args.think,
+        port=args.port,
+        workdir=args.workdir,
+    )
+    store = open_store(args) if args.db or Path(_default_db()).exists() else None
+    if store is None:
+        raise InvalidInputError("bench load copies an existing store: run `python -m carlos corpus import` first, or pass --db")
+    bar, update = progress_bar("seconds", disabled=args.quiet or args.json or args.markdown)
+    result = run_load_bench(cfg, store.path, progress=update)
+    close(bar)
+    cmd = f"python -m carlos bench load --sessions {args.sessions} --seconds {args.seconds:g} --client {args.client}"
+    cmd += f" --think {args.think:g}" if args.think != 0.5 else ""
+    result["command"] = cmd
+    code = _finish(args, "load", result, load_bench_text(result), load_bench_markdown(result, cmd))
+    return code if result["ok"] else 1
+
+
+def _bench_weights(args: argparse.Namespace) -> int:
+    from carlos.bench.weights import WeightsBenchConfig, run_weights_bench
+    from carlos.bench.weights_report import weights_bench_markdown, weights_bench_text
+
+    cfg = WeightsBenchConfig(
+        shapes=args.shapes,
+        ranks=int_list(args.ranks),
+        originals=args.originals,
+        negatives=args.negatives,
+        file_checks=args.file_checks,
+        library_size=args.library_size,
+        n_queries=args.n_queries,
+        speed_rank=args.speed_rank,
+        top_k=args.top_k,
+        seed=args.seed,
+        workdir=args.workdir,
+    )
+    bar, update = progress_bar("LoRAs and lookups", disabled=args.quiet or args.json or args.markdown)
+    result = run_weights_bench(cfg, progress=update)
+    close(bar)
+    cmd = "python -m carlos bench weights" + (
+        "" if cfg == WeightsBenchConfig(workdir=args.workdir) else f" --shapes {args.shapes} --ranks {args.ranks}"
+    )
+    result["command"] = cmd
+    return _finish(args, "weights", result, weights_bench_text(result), weights_bench_markdown(result, cmd))
+
+
+def _bench_map(args: argparse.Namespace) -> int:
+    from carlos.bench.map import RENDERERS, MapBenchConfig, run_map_bench
+    from carlos.bench.map_report import map_bench_markdown, map_bench_text
+
+    renderers = tuple(r.strip() for r in args.renderers.split(",") if r.strip()) or RENDERERS
+    sizes = tuple(int_list(args.sizes))
+    cfg = MapBenchConfig(sizes=sizes, renderers=renderers, timeout_s=args.timeout, workdir=args.workdir, keep=args.keep)
+    bar, update = progress_bar("size × renderer", disabled=args.quiet or args.json or args.markdown)
+    result = run_map_bench(cfg, progress=update)
+    close(bar)
+    cmd = f"python -m carlos bench map --sizes {args.sizes}" + (f" --renderers {args.renderers}" if renderers != RENDERERS else "")
+    result["command"] = cmd
+    return _finish(args, "map", result, map_bench_text(result), map_bench_markdown(result, cmd))
+
+
 def _add_output(p: argparse.ArgumentParser) -> None:
     add_json(p)
     add_quiet(p)
@@ -153,7 +241,7 @@ def _add_output(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    """``bench query|scale|characterize``."""
+    """``bench query|scale|characterize|adaptive|review|load|weights|map``."""
     p = sub.add_parser("bench", help="benchmarks: query directions, scale, characterization throughput")
     bsub = p.add_subparsers(dest="bench_command", required=True)
 
@@ -211,3 +299,52 @@ def register(sub: Any) -> None:
     a.add_argument("--consistency-half-width", type=float, default=0.01)
     _add_output(a)
     a.set_defaults(func=_bench_adaptive)
+
+    r = bsub.add_parser("review", help="the review page's data (queue + near-duplicate groups) on synthetic corpora")
+    r.add_argument("--sizes", default="10000,100000", help="corpus sizes")
+    r.add_argument("--open-items", type=int, default=1000, help="flagged or escalated items in the queue")
+    r.add_argument("--level", type=float, default=0.95, help="near-duplicate level (direction cosine)")
+    r.add_argument("--repeats", type=int, default=3, help="timed renders per measurement")
+    r.add_argument("--workdir", help="where the synthetic stores go (default: a temporary folder)")
+    r.add_argument("--keep", action="store_true", help="keep the synthetic stores")
+    _add_output(r)
+    r.set_defaults(func=_bench_review)
+
+    lo = bsub.add_parser("load", help="concurrent dashboard sessions (searches, detail pages) while a worker writes")
+    lo.add_argument("--sessions", type=int, default=20, help="concurrent dashboard sessions")
+    lo.add_argument("--seconds", type=float, default=60.0, help="how long the sessions run")
+    lo.add_argument("--client", choices=["websocket", "chromium"], default="websocket", help="what a session is")
+    lo.add_argument("--no-worker", action="store_true", help="no characterization worker writing meanwhile")
+    lo.add_argument("--think", type=float, default=0.5, help="each user pauses up to this many seconds between page loads")
+    lo.add_argument("--port", type=int, help="the dashboard's port (default: a free one)")
+    lo.add_argument("--workdir", help="where the store copy and the logs go (default: a temporary folder)")
+    _add_output(lo)
+    lo.set_defaults(func=_bench_load)
+
+    w = bsub.add_parser(
+        "weights", help="weight-space matching: detection per transformation, false positives, fingerprint and search speed"
+    )
+    w.add_argument(
+        "--shapes", choices=["sdxl", "tiny"], default="sdxl", help="module shapes: SDXL base 1.0's LoRA targets or the tiny test model's"
+    )
+    w.add_argument("--ranks", default="4,8,16", help="ranks of the synthetic LoRAs")
+    w.add_argument("--originals", type=int, default=4, help="originals per rank, each transformed and looked up")
+    w.add_argument("--negatives", type=int, default=200, help="unrelated LoRAs in the library")
+    w.add_argument("--file-checks", type=int, default=1, help="originals per rank also converted through real files")
+    w.add_argument("--library-size", type=int, default=1_000_000, help="synthetic stored fingerprints for the search latency (0: skip)")
+    w.add_argument("--n-queries", type=int, default=50, help="queries for the latency percentiles")
+    w.add_argument("--speed-rank", type=int, default=32, help="rank of the real-size file fingerprinted for time and memory (0: skip)")
+    w.add_argument("--top-k", type=int, default=10)
+    w.add_argument("--seed", type=int, default=0, help="seed of the synthetic LoRAs")
+    w.add_argument("--workdir", help="where the temporary LoRA files go (default: a temporary folder)")
+    _add_output(w)
+    w.set_defaults(func=_bench_weights)
+
+    mp = bsub.add_parser("map", help="the map in headless Chromium at 10k-1M synthetic LoRAs: Map page vs plotly-all vs Embedding Atlas")
+    mp.add_argument("--sizes", default="10000,100000,1000000", help="corpus sizes")
+    mp.add_argument("--renderers", default="page,plotly-all,atlas", help="page (the Map page), plotly-all, atlas")
+    mp.add_argument("--timeout", type=float, default=600.0, help="seconds per wait in the browser")
+    mp.add_argument("--workdir", help="where the synthetic stores go (default: a temporary folder)")
+    mp.add_argument("--keep", action="store_true", help="keep the synthetic stores")
+    _add_output(mp)
+    mp.set_defaults(func=_bench_map)

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from carlos.cli.common import (
+    acting_user,
     add_backend,
+    add_identity,
     add_json,
     add_prompt_set,
     add_protocol,
@@ -24,7 +26,7 @@ from carlos.config import DEFAULT_BACKEND, DEFAULT_PROTOCOL
 
 def _characterize(args: argparse.Namespace) -> int:
 
-    from carlos.characterize import jobs
+    from carlos.characterize import fingerprints, jobs
     from carlos.characterize.results import uncertainty_of
 
     store = open_store(args)
@@ -35,12 +37,15 @@ def _characterize(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         trigger=args.trigger,
         prompt_set=args.prompt_set,
-        requested_by="cli",
+        user=acting_user(args),
     )
     if args.backend == "tiny":
         print(
             "note: the tiny backend has random weights; its numbers demonstrate the flow and mean nothing about the LoRA", file=sys.stderr
         )
+    weights = fingerprints.weight_matches(store, sub.lora_id)  # found at upload, before any GPU work
+    for m in weights if not args.json else ():
+        print(f"weights: {m.text} (cosine {m.cosine:.4f})", file=sys.stderr)
     job = store.jobs.get(sub.job_id)
     if job["status"] != "finished":
         bar, update = progress_bar(f"job {sub.job_id}", unit="pair", disabled=args.quiet)
@@ -70,6 +75,7 @@ def _characterize(args: argparse.Namespace) -> int:
         "file": sub.report.to_dict(),
         "reused_existing_job": sub.duplicate_of_job is not None,
         "adaptive": rep.provenance.get("adaptive"),  # protocol adaptive: pairs used, reason, message
+        "weight_matches": [m.to_dict() for m in weights],  # found at upload, before any image
     }
     values = (
         f"Strength {u.strength_text()}, Consistency {u.consistency_text()}"
@@ -96,7 +102,9 @@ def _worker(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     store = open_store(args)
     if args.cancel is not None:
-        ok = store.jobs.cancel(args.cancel)
+        from carlos.characterize import jobs
+
+        ok = jobs.cancel(store, args.cancel, acting_user(args))
         print(f"job {args.cancel} {'cancelled' if ok else 'was not queued or running'}")
         return 0 if ok else 2
     df = store.jobs.recent(status=args.status, limit=args.limit)
@@ -122,6 +130,7 @@ def register(sub: Any) -> None:
     add_protocol(p, DEFAULT_PROTOCOL)
     add_prompt_set(p, "the prompt set whose index prompts the protocol takes")
     add_trigger(p)
+    add_identity(p)
     add_quiet(p)
     add_json(p)
     p.set_defaults(func=_characterize)
@@ -137,7 +146,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("jobs", help="list or cancel characterization jobs")
     p.add_argument("--status", choices=["queued", "running", "finished", "failed", "cancelled"])
     p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--cancel", type=int, metavar="JOB_ID", help="cancel a queued or running job")
+    p.add_argument("--cancel", type=int, metavar="JOB_ID", help="cancel a queued or running job (reviewers only)")
+    add_identity(p)
     add_json(p)
     p.set_defaults(func=_jobs)
 

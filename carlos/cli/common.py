@@ -90,6 +90,32 @@ def add_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, *, flag
     p.add_argument(old, dest=dest, action=DeprecatedAlias, new=new, **kwargs)
 
 
+def add_identity(p: argparse.ArgumentParser) -> None:
+    """``--reviewer EMAIL`` and ``--secrets FILE``: who acts, checked by the library against the
+    reviewer list (``[carlos] reviewers`` of secrets.toml, or ``$CARLOS_REVIEWERS``)."""
+    p.add_argument(
+        "--reviewer",
+        metavar="EMAIL",
+        help="who acts, recorded in the audit log and checked against the reviewer list (default: $CARLOS_REVIEWER, else your user name)",
+    )
+    p.add_argument(
+        "--secrets",
+        metavar="FILE",
+        help="read [carlos] reviewers from this secrets.toml (default: ~/.streamlit/ and the project's .streamlit/secrets.toml)",
+    )
+
+
+def acting_user(args: argparse.Namespace):  # noqa: ANN201 - CurrentUser, imported lazily
+    """The CurrentUser of ``--reviewer`` (default ``$CARLOS_REVIEWER`` or the OS user); the
+    library checks it against the policy of ``--secrets`` (or the default files) at each write."""
+    from carlos.review.access import CurrentUser, local_identity
+
+    name = (args.reviewer or "").strip() or local_identity()
+    if args.secrets and not Path(args.secrets).expanduser().is_file():
+        raise InvalidInputError(f"--secrets {args.secrets}: no such file")
+    return CurrentUser.local(name, mode="cli", secrets_files=None if not args.secrets else [args.secrets])
+
+
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

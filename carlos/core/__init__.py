@@ -5,7 +5,8 @@ The representation (Direction, Strength, Consistency), the corpus view as arrays
 (``ranking``), text-seeded behaviour search (``behaviour``), risk classes and
 percentiles (``risk``), what a query is (``query``) and creator-text cleaning (``text``);
 intervals of a characterization with prompts as clusters (``uncertainty``, ``intervals``)
-and the risk class with its confidence (``confidence``).
+and the risk class with its confidence (``confidence``); who may write and the check every
+write of the library makes first (``access``).
 """
 
 from __future__ import annotations

@@ -122,8 +122,27 @@ def _locate(module_name: str) -> tuple[str, str]:
     return component, re.sub(r"_lora$", "", path)
 
 
+#: Dtypes adapter weights may have: those diffusers' loader puts into a float layer (integer,
+#: bool and complex weights fail there or turn the layer complex; F4 packs two values a byte).
+WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2")
+
+
 def _fail(module: str, what: str) -> InvalidLoRAFileError:
+    if len(what) > 300:  # shapes come from the file: a million-dimension one stays a short message
+        what = what[:300] + "…"
     return InvalidLoRAFileError(f"LoRA module {show(module)} is malformed: {what}")
+
+
+def _check_dtypes(name: str, roles: Mapping[str, TensorInfo]) -> None:
+    """Weights that load into a float layer, and a real, non-empty rank factor."""
+    for role, info in sorted(roles.items()):
+        if role == "alpha":
+            if info.dtype in ("C64", "F4"):
+                raise _fail(name, f"its alpha is {info.dtype}; alpha must be a real number")
+        elif info.dtype not in WEIGHT_DTYPES:
+            raise _fail(name, f"its {role} weight is {info.dtype}; LoRA weights must be one of {', '.join(WEIGHT_DTYPES)}")
+        elif 0 in info.shape:
+            raise _fail(name, f"its {role} weight is empty (shape {info.shape[:8]})")
 
 
 def _lora_module(name: str, roles: Mapping[str, TensorInfo]) -> tuple[int, int | None]:
@@ -206,10 +225,11 @@ def analyse_keys(tensors: Mapping[str, TensorInfo]) -> KeyAnalysis:
         if len(module_kinds) > 1:
             raise _fail(name, "it mixes adapter types " + ", ".join(sorted(module_kinds)))
         kind = module_kinds.pop()
+        _check_dtypes(name, roles)
         rank, in_features = _CHECKERS[kind](name, roles)
         alpha = roles.get("alpha")
         if alpha is not None and math.prod(alpha.shape) != 1:
-            warnings.append(f"alpha of {show(name)} has shape {alpha.shape}, expected a scalar")
+            warnings.append(f"alpha of {show(name)} has shape {str(alpha.shape[:8])[:100]}, expected a scalar")
         component, path = _locate(name)
         modules.append(Module(name, kind, component, path, dict(roles), rank, in_features))
     if not modules:

@@ -2,7 +2,10 @@
 
 A reviewer claims an item before deciding, so two reviewers never act on the
 same LoRA unknowingly; every decision records who, when, and status before →
-after. Thresholds set by reviewers are kept with who set them and when.
+after. Thresholds set by reviewers are kept with who set them and when. Every
+write takes the acting :class:`CurrentUser` and checks the access policy
+(:func:`~carlos.core.access.authorize`) before it touches the store: a user who is
+not a listed reviewer, or not logged in, gets ``PermissionDeniedError`` and nothing is written.
 """
 
 from __future__ import annotations
@@ -10,24 +13,20 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 
-import numpy as np
 import pandas as pd
 
 from carlos.config import Thresholds
+from carlos.core.access import AccessPolicy, CurrentUser, authorize, resolve_policy
+from carlos.core.untrusted import csv_bytes
 from carlos.core.view import CorpusView
 from carlos.errors import InvalidInputError, PermissionDeniedError
+from carlos.review.duplicates import with_duplicates
 from carlos.store.store import Store
 
 STATUSES = ("unreviewed", "approved", "flagged", "escalated")
 ACTIONS = {"approve": "approved", "flag": "flagged", "escalate": "escalated", "reopen": "unreviewed"}
 OPEN_STATUSES = ("flagged", "escalated")
 MAX_NOTE = 4000
-
-
-def _check_reviewer(reviewer: str) -> str:
-    if not reviewer or not reviewer.strip():
-        raise InvalidInputError("a decision needs a reviewer name")
-    return reviewer.strip()
 
 
 def _resolved(store: Store, key: str) -> str:
@@ -55,33 +54,55 @@ def threshold_history(store: Store, *, limit: int = 50) -> pd.DataFrame:
     return store.review.threshold_history(limit=limit)
 
 
-def claim(store: Store, lora_id: str, reviewer: str) -> None:
-    """Claim an item or raise PermissionDeniedError naming who holds it."""
-    reviewer = _check_reviewer(reviewer)
+def claim(store: Store, lora_id: str, user: CurrentUser, *, policy: AccessPolicy | None = None) -> None:
+    """Claim an item (logged in the audit log) or raise PermissionDeniedError: the user may
+    not write, or someone else holds it (named)."""
+    reviewer = authorize(user, f"claim {lora_id}", policy)
     lora_id = _resolved(store, lora_id)
-    holder = store.review.claim(lora_id, reviewer)
-    if holder != reviewer:
-        raise PermissionDeniedError(f"{lora_id} is claimed by {holder}; ask them or wait for release")
+    with store.transaction():
+        holder = store.review.claim(lora_id, reviewer)
+        if holder != reviewer:
+            raise PermissionDeniedError(f"{lora_id} is claimed by {holder}; ask them or wait for release")
+        _log_event(store, lora_id, reviewer, "claim", None)
 
 
-def release(store: Store, lora_id: str, reviewer: str) -> None:
-    """Release ``reviewer``'s claim on a LoRA named by any of its names."""
-    reviewer = _check_reviewer(reviewer)
-    store.review.release_claim(_resolved(store, lora_id), reviewer)
+def release(store: Store, lora_id: str, user: CurrentUser, *, force: bool = False, policy: AccessPolicy | None = None) -> bool:
+    """Release the user's claim on a LoRA named by any of its names; False if nobody held it.
+
+    Only the holder may release a claim; ``force``: a reviewer releases someone else's (a
+    reviewer who left), recorded in the audit log with whose claim it was."""
+    reviewer = authorize(user, f"release the claim on {lora_id}", policy)
+    lora_id = _resolved(store, lora_id)
+    with store.transaction():
+        holder = store.review.claim_holder(lora_id)
+        if holder is None:
+            return False
+        if holder != reviewer and not force:
+            raise PermissionDeniedError(f"{lora_id} is claimed by {holder}: only they may release it")
+        store.review.release_claim(lora_id)
+        _log_event(store, lora_id, reviewer, "release", None if holder == reviewer else f"released the claim of {holder}")
+    return True
+
+
+def _log_event(store: Store, lora_id: str, reviewer: str, action: str, note: str | None) -> None:
+    """A claim or release in the audit log (the status does not change)."""
+    status = store.review.status_of(lora_id) or "unreviewed"
+    store.review.append_decision(lora_id, reviewer, action, status, status, note)
 
 
 def decide(
     store: Store,
     lora_id: str,
-    reviewer: str,
+    user: CurrentUser,
     action: str,
     note: str | None = None,
     *,
     require_claim: bool = True,
+    policy: AccessPolicy | None = None,
 ) -> int:
-    """Record a decision; the item must be claimed by ``reviewer`` (or unclaimed when
+    """Record a decision; the item must be claimed by ``user`` (or unclaimed when
     ``require_claim`` is False). Returns the decision id; the claim is released."""
-    reviewer = _check_reviewer(reviewer)
+    reviewer = authorize(user, f"record a decision on {lora_id}", policy)
     if action not in ACTIONS:
         raise InvalidInputError(f"unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
     if note is not None and len(note) > MAX_NOTE:
@@ -99,12 +120,17 @@ def decide(
     return decision
 
 
-def bulk_flag(store: Store, lora_ids: Iterable[str], reviewer: str, note: str | None = None) -> dict:
+def bulk_flag(
+    store: Store, lora_ids: Iterable[str], user: CurrentUser, note: str | None = None, *, policy: AccessPolicy | None = None
+) -> dict:
     """Flag many LoRAs (e.g. a scatter selection), named by any of their names; items
     claimed by others are skipped. Results are reported by lora_id."""
-    reviewer = _check_reviewer(reviewer)
+    keys = list(lora_ids)
+    reviewer = authorize(user, f"flag {len(keys)} LoRA(s)", policy)
+    policy = resolve_policy(user.secrets_files) if policy is None else policy  # read once for the batch
+    ids = list(dict.fromkeys(_resolved(store, k) for k in keys))  # an unknown name fails before any write
     done, skipped = [], []
-    for lid in dict.fromkeys(_resolved(store, k) for k in lora_ids):
+    for lid in ids:
         holder = store.review.claim_holder(lid)
         if holder not in (None, reviewer):
             skipped.append((lid, f"claimed by {holder}"))
@@ -112,7 +138,7 @@ def bulk_flag(store: Store, lora_ids: Iterable[str], reviewer: str, note: str | 
         if (store.review.status_of(lid) or "unreviewed") == "flagged":
             skipped.append((lid, "already flagged"))
             continue
-        decide(store, lid, reviewer, "flag", note, require_claim=False)
+        decide(store, lid, user, "flag", note, require_claim=False, policy=policy)
         done.append(lid)
     return {"flagged": done, "skipped": skipped}
 
@@ -127,8 +153,14 @@ def current_thresholds(store: Store) -> Thresholds:
     return Thresholds(as_opt(row["strength_max"]), as_opt(row["consistency_min"]))
 
 
-def set_thresholds(store: Store, thresholds: Thresholds, reviewer: str, note: str | None = None) -> int:
-    return store.review.record_thresholds(thresholds.strength_max, thresholds.consistency_min, _check_reviewer(reviewer), note)
+def set_thresholds(
+    store: Store, thresholds: Thresholds, user: CurrentUser, note: str | None = None, *, policy: AccessPolicy | None = None
+) -> int:
+    """Save the team's thresholds as ``user`` (kept with who and when); returns the setting id."""
+    reviewer = authorize(user, "save the thresholds", policy)
+    if note is not None and len(note) > MAX_NOTE:
+        raise InvalidInputError(f"note is {len(note)} characters; keep it under {MAX_NOTE}")
+    return store.review.record_thresholds(thresholds.strength_max, thresholds.consistency_min, reviewer, note)
 
 
 def status_frame(store: Store, view: CorpusView) -> pd.DataFrame:
@@ -147,38 +179,22 @@ def review_queue(
     near_duplicate_cos: float = 0.95,
 ) -> pd.DataFrame:
     """Items with the given statuses, each with its re-uploads (same sha256) and
-    near-duplicates (direction cosine ≥ ``near_duplicate_cos``) grouped in."""
+    near-duplicates (direction cosine ≥ ``near_duplicate_cos``), linked items in one
+    ``group`` (:func:`carlos.review.duplicates.with_duplicates`: no n × n matrix)."""
     statuses = tuple(statuses)
     bad = set(statuses) - set(STATUSES)
     if bad:
         raise InvalidInputError(f"unknown statuses {sorted(bad)}; valid: {', '.join(STATUSES)}")
     df = status_frame(store, view)
-    queue = df[df["status"].isin(statuses)].copy()
-    if queue.empty:
-        queue["same_file"] = pd.Series(dtype=object)
-        queue["near_duplicates"] = pd.Series(dtype=object)
-        return queue
-    rows = np.array([view.row_of(lid) for lid in queue["lora_id"]])
-    m = view.matrix / np.maximum(np.linalg.norm(view.matrix, axis=1, keepdims=True), 1e-12)
-    sims = m[rows] @ m.T
-    ids = np.array(view.ids)
-    near = []
-    for k, r in enumerate(rows):
-        hits = np.flatnonzero(sims[k] >= near_duplicate_cos)
-        near.append([ids[h] for h in hits if h != r])
-    queue["near_duplicates"] = near
-    sha_groups = df.dropna(subset=["sha256"]).groupby("sha256")["lora_id"].apply(list)
-    queue["same_file"] = [
-        [x for x in sha_groups.get(s, []) if x != lid] if isinstance(s, str) else [] for s, lid in zip(queue["sha256"], queue["lora_id"])
-    ]
-    return queue.sort_values("decided_at", ascending=False)
+    return with_duplicates(view, df, df[df["status"].isin(statuses)], near_duplicate_cos)
 
 
 def export_audit_log(store: Store, fmt: str) -> bytes:
-    """The whole audit log as CSV or Parquet bytes."""
+    """The whole audit log as CSV (string cells starting with = + - @, tab or CR prefixed with
+    ``'``, so a spreadsheet shows them as text) or Parquet bytes (typed, unchanged)."""
     log = store.review.decisions()
     if fmt == "csv":
-        return log.to_csv(index=False).encode("utf-8")
+        return csv_bytes(log)  # formula prefixes neutralized: names and notes are untrusted text
     if fmt == "parquet":
         buf = io.BytesIO()
         log.to_parquet(buf, index=False)

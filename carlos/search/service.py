@@ -203,10 +203,8 @@ class SearchService:
 
         docs = self.store.loras.text_documents().set_index("lora_id")
         docs = docs.reindex(view.ids)
-        return [
-            document_text(n if isinstance(n, str) and n.strip() else f, d)
-            for n, d, f in zip(docs["name"], docs["description"], docs["folder_name"])
-        ]
+        text = [[v if isinstance(v, str) else None for v in docs[c]] for c in ("name", "description", "folder_name")]  # NULL: NaN
+        return [document_text(n if n and n.strip() else f, d) for n, d, f in zip(*text)]
 
     def bm25_scores(self, view: CorpusView, q: str) -> np.ndarray:
         from carlos.models.bm25 import BM25Index

@@ -2,11 +2,12 @@
 thumbnails: ``store.jobs``.
 
 Owns the job queue (enqueue, claim, heartbeat, status, cancel), the per-pair CLIP-diffs
-a job produces, the base-image embeddings shared by every LoRA, and the image pairs the
-dashboard shows. Pair results are keyed by ``(job_id, pair_index)`` and inserted with
-``ON CONFLICT DO NOTHING``, so a worker that is killed and restarted never counts a
-pair twice. Nothing here bumps ``data_version`` (a job's result is a representation,
-written through ``store.reps``).
+a job produces, an adaptive job's decision after each round (``job_rounds``), the
+base-image embeddings shared by every LoRA, and the image pairs the dashboard shows.
+Pair results are keyed by ``(job_id, pair_index)`` and inserted with ``ON CONFLICT DO
+NOTHING``, so a worker that is killed and restarted never counts a pair twice. Nothing
+here bumps ``data_version`` (a job's result is a representation, written through
+``store.reps``).
 """
 
 from __future__ import annotations
@@ -159,6 +160,24 @@ class JobRepository:
             ).df()
         diffs = np.array(df.pop("diff").tolist(), dtype=np.float32) if len(df) else np.zeros((0, 0))
         return df, diffs
+
+    def put_round(self, job_id: int, round_index: int, n: int, decision: dict[str, Any]) -> None:
+        """Record an adaptive job's decision after round ``round_index`` (a resumed job that
+        decides a round again overwrites it with the same decision)."""
+        with self._db.session() as con:
+            con.execute(
+                "INSERT INTO job_rounds (job_id, round_index, n, decision) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (job_id, round_index) DO UPDATE SET n = excluded.n, decision = excluded.decision, decided_at = now()",
+                [int(job_id), int(round_index), int(n), json.dumps(decision, allow_nan=False)],
+            )
+
+    def rounds(self, job_id: int) -> list[dict[str, Any]]:
+        """The job's recorded round decisions, in order: ``{"round_index", "n", "decision"}``."""
+        with self._db.session() as con:
+            rows = con.execute(
+                "SELECT round_index, n, decision FROM job_rounds WHERE job_id = ? ORDER BY round_index", [int(job_id)]
+            ).fetchall()
+        return [{"round_index": int(r), "n": int(n), "decision": json.loads(d)} for r, n, d in rows]
 
     def base_embeddings(self, base_key: str, keys: Sequence[tuple[str, int]]) -> dict:
         """{(prompt, seed): embedding} for those cached under ``base_key``."""

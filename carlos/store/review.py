@@ -3,7 +3,9 @@
 
 The rules of the review workflow live in :mod:`carlos.review.workflow`; this module only
 reads and writes the rows. There is deliberately no method that updates or deletes a
-decision.
+decision. Claims and releases are logged in the same append-only table (actions
+``claim`` / ``release``, status unchanged) so the audit log shows them; the status queries
+and :meth:`ReviewRepository.decisions` leave them out unless asked.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ if TYPE_CHECKING:  # only in annotations: importing the store stays free of pand
     import pandas as pd
 
 REVIEW_ACTIONS = ("approve", "flag", "escalate", "reopen")
+#: Audit-log rows that record who held an item, not a decision on it.
+CLAIM_EVENTS = ("claim", "release")
+_NOT_EVENT = "action NOT IN (" + ", ".join(f"'{a}'" for a in CLAIM_EVENTS) + ")"
 
 
 class ReviewRepository:
@@ -41,9 +46,13 @@ class ReviewRepository:
             ).fetchone()
         return int(row[0])
 
-    def decisions(self, lora_id: str | None = None, reviewer: str | None = None, limit: int | None = None) -> pd.DataFrame:
-        """Audit log, newest first, optionally filtered."""
+    def decisions(
+        self, lora_id: str | None = None, reviewer: str | None = None, limit: int | None = None, *, events: bool = False
+    ) -> pd.DataFrame:
+        """Decisions, newest first, optionally filtered; ``events``: with the claim/release rows."""
         sql = "SELECT d.*, l.name FROM decisions d LEFT JOIN loras l USING (lora_id) WHERE 1=1"
+        if not events:
+            sql += f" AND d.{_NOT_EVENT}"
         params: list[Any] = []
         if lora_id is not None:
             sql += " AND d.lora_id = ?"
@@ -62,12 +71,12 @@ class ReviewRepository:
         """lora_id, status (after its latest decision), reviewer, at, claimed_by."""
         with self._db.session() as con:
             return con.execute(
-                """
+                f"""
                 SELECT coalesce(d.lora_id, c.lora_id) AS lora_id, d.status_after AS status,
                        d.reviewer, d.created_at AS decided_at, d.note,
                        c.reviewer AS claimed_by, c.claimed_at
                 FROM (SELECT *, row_number() OVER (PARTITION BY lora_id
-                        ORDER BY created_at DESC, decision_id DESC) AS k FROM decisions) d
+                        ORDER BY created_at DESC, decision_id DESC) AS k FROM decisions WHERE {_NOT_EVENT}) d
                 FULL OUTER JOIN claims c ON c.lora_id = d.lora_id
                 WHERE d.k = 1 OR d.k IS NULL
                 """
@@ -76,7 +85,7 @@ class ReviewRepository:
     def status_of(self, lora_id: str) -> str | None:
         with self._db.session() as con:
             row = con.execute(
-                "SELECT status_after FROM decisions WHERE lora_id = ? ORDER BY created_at DESC, decision_id DESC LIMIT 1",
+                f"SELECT status_after FROM decisions WHERE lora_id = ? AND {_NOT_EVENT} ORDER BY created_at DESC, decision_id DESC LIMIT 1",
                 [lora_id],
             ).fetchone()
         return row[0] if row else None
@@ -110,9 +119,8 @@ class ReviewRepository:
             ).fetchone()
         return int(row[0])
 
-    def threshold_history(self, limit: int = 50) -> pd.DataFrame:
+    def threshold_history(self, limit: int | None = 50) -> pd.DataFrame:
+        """Saved thresholds, newest first (``limit=None``: all of them)."""
+        sql = "SELECT * FROM threshold_settings ORDER BY created_at DESC, setting_id DESC"
         with self._db.session() as con:
-            return con.execute(
-                "SELECT * FROM threshold_settings ORDER BY created_at DESC, setting_id DESC LIMIT ?",
-                [limit],
-            ).df()
+            return con.execute(sql + " LIMIT ?", [int(limit)]).df() if limit is not None else con.execute(sql).df()

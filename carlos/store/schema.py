@@ -117,6 +117,59 @@ _V1 = [
         PRIMARY KEY (map_key, lora_id))""",
 ]
 
+_V2 = [
+    """CREATE TABLE job_rounds (             -- an adaptive job's decision after each round (live view)
+        job_id BIGINT NOT NULL, round_index INTEGER NOT NULL,
+        n INTEGER NOT NULL,                 -- pairs of the rounds so far
+        decision JSON NOT NULL,             -- StopDecision.to_dict() + point values and message
+        decided_at TIMESTAMP NOT NULL DEFAULT now(),
+        PRIMARY KEY (job_id, round_index))""",
+]
+
+_V3 = [  # bounded caches (store/caches.py): last-used times (unix seconds) and logical sizes for LRU eviction
+    "ALTER TABLE vector_cache ADD COLUMN last_used DOUBLE",
+    "ALTER TABLE vector_cache ADD COLUMN nbytes BIGINT",
+    """UPDATE vector_cache SET last_used = epoch(created_at),
+        nbytes = 4 * len(vector) + strlen(kind) + strlen(cache_key) + strlen(coalesce(CAST(info AS VARCHAR), ''))""",
+    """CREATE TABLE map_cache_entries (      -- one row per cached map (its points are in map_cache)
+        map_key VARCHAR PRIMARY KEY,
+        n_points INTEGER NOT NULL,
+        nbytes BIGINT NOT NULL,             -- logical size: 16 bytes of x, y + the id and key per point
+        created_at TIMESTAMP NOT NULL DEFAULT now(),
+        last_used DOUBLE)""",
+    """INSERT INTO map_cache_entries (map_key, n_points, nbytes, last_used)
+        SELECT map_key, count(*), sum(16 + strlen(map_key) + strlen(lora_id)), epoch(now()) FROM map_cache GROUP BY map_key""",
+]
+
+_V4 = [  # weight-space fingerprints (store/fingerprints.py, carlos/weights) and the matches found between them
+    """CREATE TABLE weight_fingerprints (
+        lora_id VARCHAR PRIMARY KEY,        -- a LoRA's id; 'sha256:<hex>' for uploads and fingerprinted files
+        sha256 VARCHAR, file_name VARCHAR, file_path VARCHAR, format VARCHAR,
+        spec VARCHAR NOT NULL,              -- projections, e.g. 'weights-v1/d256/k4/s20260415'
+        dim INTEGER NOT NULL,
+        vector FLOAT[] NOT NULL,            -- the search vector (cosine)
+        norm DOUBLE NOT NULL,               -- exact Frobenius norm of the whole ΔW
+        module_names VARCHAR[] NOT NULL,    -- canonical module names, sorted
+        module_norms FLOAT[] NOT NULL,      -- exact norm per module
+        module_sketches BLOB NOT NULL,      -- little-endian float32, one k*k sketch per module
+        stats JSON, code_version VARCHAR,
+        created_at TIMESTAMP NOT NULL DEFAULT now(),
+        CHECK (len(vector) = dim), CHECK (len(module_names) = len(module_norms)))""",
+    "CREATE INDEX weight_fingerprints_sha ON weight_fingerprints (sha256)",
+    """CREATE TABLE weight_matches (         -- how lora_id's weights relate to other_id's; both sides written
+        lora_id VARCHAR NOT NULL, other_id VARCHAR NOT NULL,
+        label VARCHAR NOT NULL, kind VARCHAR,
+        cosine DOUBLE NOT NULL, scale DOUBLE, exact BOOLEAN NOT NULL,
+        detail JSON,
+        created_at TIMESTAMP NOT NULL DEFAULT now(),
+        PRIMARY KEY (lora_id, other_id))""",
+]
+
 #: (version, name, statements), applied in order.
-MIGRATIONS: list[tuple[int, str, list[str]]] = [(1, "initial schema", _V1)]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "initial schema", _V1),
+    (2, "adaptive job rounds", _V2),
+    (3, "bounded caches: last use and size", _V3),
+    (4, "weight fingerprints and matches", _V4),
+]
+SCHEMA_VERSION = max(version for version, _, _ in MIGRATIONS)  # migrations may be appended out of order

@@ -6,8 +6,9 @@ the store holds as an attribute, one module each, all inside this package:
 ``store.reps`` (:mod:`~carlos.store.representations`: representations, corpus frame,
 direction matrices, bulk paths), ``store.jobs`` (:mod:`~carlos.store.jobs`: jobs,
 pair results, base-image cache, thumbnails), ``store.review``
-(:mod:`~carlos.store.review`: decisions, claims, thresholds) and ``store.caches``
-(:mod:`~carlos.store.caches`: vector cache, text embeddings, map cache).
+(:mod:`~carlos.store.review`: decisions, claims, thresholds), ``store.caches``
+(:mod:`~carlos.store.caches`: vector cache, text embeddings, map cache) and ``store.fingerprints``
+(:mod:`~carlos.store.fingerprints`: weight fingerprints and weight-space matches).
 
 Concurrency design (DuckDB allows one writing *process* per database file):
 every operation opens a short-lived connection while holding an exclusive
@@ -42,6 +43,7 @@ from typing import Any
 
 from carlos.errors import StoreBusyError
 from carlos.store.caches import CacheRepository
+from carlos.store.fingerprints import FingerprintRepository
 from carlos.store.jobs import JobRepository
 from carlos.store.loras import LoraRepository
 from carlos.store.representations import RepresentationRepository
@@ -70,6 +72,7 @@ class Store:
         self.jobs = JobRepository(self)
         self.review = ReviewRepository(self)
         self.caches = CacheRepository(self)
+        self.fingerprints = FingerprintRepository(self)
 
     @classmethod
     def open(cls, path: str | Path, *, lock_timeout: float = 60.0) -> Store:

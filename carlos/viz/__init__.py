@@ -6,5 +6,5 @@ from __future__ import annotations
 
 from carlos import exports
 
-__all__ = ["MapConfig", "corpus_map"]
-__getattr__, __dir__ = exports(__name__, {"MapConfig": "maps", "corpus_map": "maps"})
+__all__ = ["MapConfig", "cached_map", "fit_map"]
+__getattr__, __dir__ = exports(__name__, {"MapConfig": "maps", "cached_map": "maps", "fit_map": "maps"})

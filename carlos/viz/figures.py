@@ -7,7 +7,6 @@ whatever trace (colour group, highlight overlay) the point belongs to.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +16,10 @@ import plotly.graph_objects as go
 
 from carlos.config import Thresholds
 from carlos.core.risk import NSFW_BITS, RISK_CLASSES, RISK_COLOURS, nsfw_label
+from carlos.core.untrusted import plotly_literal
 from carlos.errors import InvalidInputError
+from carlos.viz import map_layers
+from carlos.viz.mapview import Density, PlacedLabel, Viewport
 
 STATUS_COLOURS = {"unreviewed": "#9e9e9e", "approved": "#2ca02c", "flagged": "#d62728", "escalated": "#9467bd"}
 NSFW_ORDER = (*NSFW_BITS.values(), "unknown")
@@ -149,13 +151,26 @@ def map_scatter(
     colour: str = "risk class",
     highlight_ids: Iterable[str] = (),
     title: str | None = None,
+    labels: Sequence[PlacedLabel] = (),
+    selected_region: int | None = None,
+    outline: np.ndarray | None = None,
+    density: Density | None = None,
+    viewport: Viewport | None = None,
+    webgl: bool = False,
+    totals: Mapping[str, int] | None = None,
 ) -> go.Figure:
     """A 2-D map (columns x, y); points not fitted but *placed* (uploads) as diamonds,
-    ``highlight_ids`` (e.g. search results) drawn large with an outline."""
+    ``highlight_ids`` (e.g. search results) drawn large with an outline. The map's layers
+    (:mod:`carlos.viz.map_layers`): a ``density`` under the points, region ``labels`` with
+    centroid markers, the ``outline`` of the selected region; ``viewport`` fixes the axes (a zoom);
+    ``webgl`` draws the points with ``scattergl`` (large maps); ``totals`` (:func:`category_totals`)
+    gives the legend each colour's count over every point when only a sample is drawn."""
     _need(frame, ("lora_id", "name", "x", "y"))
     df = with_labels(frame)
     fig = go.Figure()
-    _add_points(fig, df, "x", "y", colour, highlight_ids)
+    if density is not None:
+        map_layers.add_density(fig, density)
+    _add_points(fig, df, "x", "y", colour, highlight_ids, trace=go.Scattergl if webgl else go.Scatter, totals=totals)
     if "placement" in df:
         placed = df[df["placement"] != "fitted"]
         if len(placed):
@@ -175,9 +190,24 @@ def map_scatter(
                     hovertemplate=_HOVER,
                 )
             )
+    map_layers.add_region_labels(fig, labels, selected_region)
+    map_layers.add_outline(fig, outline)
     fig.update_xaxes(showticklabels=False, title=None, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, title=None, scaleanchor="x", showgrid=False, zeroline=False)
+    if viewport is not None:
+        fig.update_xaxes(range=[viewport.x0, viewport.x1])
+        fig.update_yaxes(range=[viewport.y0, viewport.y1])
     return _layout(fig, None, None, title=title)
+
+
+def category_totals(frame: pd.DataFrame, colour: str) -> dict[str, int] | None:
+    """Points per colour class of ``frame`` (every point, not only those drawn); None for a
+    continuous colour."""
+    col, kind, _ = COLOUR_BY.get(colour, (None, None, None))
+    if kind != "category" or col is None:
+        return None
+    df = with_labels(frame[[c for c in ("nsfw_level", "nsfw", "status", col) if c in frame]])
+    return {str(k): int(v) for k, v in df[col].astype(str).value_counts().items()} if col in df else None
 
 
 def category_strength_bar(pairs: pd.DataFrame, strength: float | None = None) -> go.Figure:
@@ -220,7 +250,7 @@ def _customdata(df: pd.DataFrame) -> np.ndarray:
     """(n, 6) object array: lora_id, escaped name, strength, consistency, risk class, status."""
     out = np.empty((len(df), 6), dtype=object)
     out[:, 0] = df["lora_id"].astype(str).to_numpy()
-    out[:, 1] = df["name"].astype(str).map(html.escape).to_numpy()
+    out[:, 1] = df["name"].map(plotly_literal).to_numpy()  # creator text: no tag or entity interpreted
     out[:, 2] = df["strength"].astype(float).to_numpy()
     out[:, 3] = df["consistency"].astype(float).to_numpy()
     out[:, 4] = df["risk_class"].astype(str).to_numpy() if "risk_class" in df else ""
@@ -228,12 +258,28 @@ def _customdata(df: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def _add_points(fig: go.Figure, df: pd.DataFrame, x: str, y: str, colour: str, highlight_ids: Iterable[str]) -> None:
+def _add_points(
+    fig: go.Figure,
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    colour: str,
+    highlight_ids: Iterable[str],
+    trace: type = go.Scatter,
+    totals: Mapping[str, int] | None = None,
+) -> None:
     if colour not in COLOUR_BY:
         raise InvalidInputError(f"unknown colour {colour!r}; choose one of {', '.join(COLOUR_BY)}")
     col, kind, scheme = COLOUR_BY[colour]
     if col not in df:
         raise InvalidInputError(f"colouring by {colour} needs a {col!r} column")
+    # WebGL traces of many points carry only (id, name) and float32 positions: a third of the bytes
+    lean = trace is go.Scattergl
+    cd, hover = (map_layers.lean_customdata, map_layers.LEAN_HOVER) if lean else (_customdata, _HOVER)
+
+    def xs(v: pd.Series) -> Any:
+        return v.to_numpy(dtype=np.float32) if lean else v
+
     if kind == "category":
         order = list(scheme) + sorted(set(df[col].astype(str)) - set(scheme))
         for value in order:
@@ -241,22 +287,22 @@ def _add_points(fig: go.Figure, df: pd.DataFrame, x: str, y: str, colour: str, h
             if part.empty:
                 continue
             fig.add_trace(
-                go.Scatter(
-                    x=part[x],
-                    y=part[y],
+                trace(
+                    x=xs(part[x]),
+                    y=xs(part[y]),
                     mode="markers",
-                    name=f"{value} ({len(part)})",
+                    name=f"{value} ({len(part)})" if totals is None else f"{value} ({totals.get(value, 0):,}; {len(part):,} drawn)",
                     marker={"size": _BASE_SIZE, "color": scheme.get(value, "#7f7f7f"), "opacity": 0.8},
-                    customdata=_customdata(part),
-                    hovertemplate=_HOVER,
+                    customdata=cd(part),
+                    hovertemplate=hover,
                 )
             )
     else:
         shown = df[df[col].notna()]
         fig.add_trace(
-            go.Scatter(
-                x=shown[x],
-                y=shown[y],
+            trace(
+                x=xs(shown[x]),
+                y=xs(shown[y]),
                 mode="markers",
                 name=colour,
                 marker={
@@ -267,21 +313,21 @@ def _add_points(fig: go.Figure, df: pd.DataFrame, x: str, y: str, colour: str, h
                     "colorbar": {"title": colour},
                     "opacity": 0.85,
                 },
-                customdata=_customdata(shown),
-                hovertemplate=_HOVER,
+                customdata=cd(shown),
+                hovertemplate=hover,
             )
         )
         rest = df[df[col].isna()]
         if len(rest):
             fig.add_trace(
-                go.Scatter(
-                    x=rest[x],
-                    y=rest[y],
+                trace(
+                    x=xs(rest[x]),
+                    y=xs(rest[y]),
                     mode="markers",
                     name=f"no {colour} ({len(rest)})",
                     marker={"size": _BASE_SIZE, "color": "#d0d0d0"},
-                    customdata=_customdata(rest),
-                    hovertemplate=_HOVER,
+                    customdata=cd(rest),
+                    hovertemplate=hover,
                 )
             )
     wanted = set(highlight_ids)
@@ -294,7 +340,7 @@ def _add_points(fig: go.Figure, df: pd.DataFrame, x: str, y: str, colour: str, h
                     y=hl[y],
                     mode="markers+text",
                     name=f"highlighted ({len(hl)})",
-                    text=hl["name"].astype(str).str.slice(0, 24).map(html.escape),
+                    text=hl["name"].astype(str).str.slice(0, 24).map(plotly_literal),
                     textposition="top center",
                     marker={"size": _HIGHLIGHT_SIZE, "color": "rgba(0,0,0,0)", "line": {"width": 2.5, "color": "#000"}},
                     customdata=_customdata(hl),
@@ -316,7 +362,7 @@ def _add_intervals(fig: go.Figure, df: pd.DataFrame) -> None:
     if part.empty:
         return
     s, c = part["strength"].astype(float), part["consistency"].astype(float)
-    label = part.get("risk_confidence", pd.Series("", index=part.index)).fillna("").astype(str).map(html.escape)
+    label = part.get("risk_confidence", pd.Series("", index=part.index)).fillna("").astype(str).map(plotly_literal)
     fig.add_trace(
         go.Scatter(
             x=s,
@@ -383,6 +429,7 @@ __all__ = [
     "RISK_CLASSES",
     "add_ranks",
     "category_strength_bar",
+    "category_totals",
     "map_scatter",
     "rank_position",
     "risk_scatter",

@@ -1,5 +1,9 @@
 """2-D maps of LoRA directions (UMAP, cosine), fitted once and cached.
 
+* Who may fit: a UMAP fit costs seconds to minutes of CPU and adds a map to the store, so
+  :func:`cached_map` (any visitor) never fits; :func:`fit_map` fits for a reviewer only, and
+  :func:`import_map` fits the default map at corpus import. The map cache is bounded
+  (least recently used maps are evicted, ``store.caches``).
 * A map is identified by :func:`map_key`: a hash of the embedding space, the fitted
   LoRA ids and their direction matrix, and the UMAP parameters. Its coordinates
   are stored in the store (``map_cache``), so a restart or another process reuses
@@ -32,8 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from carlos.core.access import AccessPolicy, CurrentUser, authorize
 from carlos.core.view import CorpusView
-from carlos.errors import InvalidInputError
+from carlos.errors import InvalidInputError, PermissionDeniedError
 from carlos.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -102,14 +107,21 @@ class CorpusMap:
 
 
 def map_key(embedder: str, ids: Sequence[str], matrix: np.ndarray, config: MapConfig) -> str:
-    """Cache key of a map: space, fitted ids and vectors, UMAP parameters, code version."""
-    m = np.ascontiguousarray(np.asarray(matrix, dtype=np.float32))
+    """Cache key of a map: space, fitted ids and vectors, UMAP parameters, code version.
+
+    The rows are hashed in the order of their ids, not as given: a store does not promise one
+    row order (a parallel scan of a large table returns its rows in any order), so the same
+    LoRAs and vectors must give the same key in every process."""
+    m = np.asarray(matrix, dtype=np.float32)
     if m.ndim != 2 or m.shape[0] != len(ids):
         raise InvalidInputError(f"matrix must be ({len(ids)}, d), got {m.shape}")
+    names = np.asarray([str(i) for i in ids])
+    order = np.argsort(names, kind="stable")
     h = hashlib.sha256()
-    h.update(json.dumps([MAP_CODE_VERSION, embedder, list(ids), asdict(config)]).encode("utf-8"))
+    h.update(json.dumps([MAP_CODE_VERSION, embedder, names[order].tolist(), asdict(config)]).encode("utf-8"))
     h.update(str(m.shape).encode("ascii"))
-    h.update(m.tobytes())
+    for start in range(0, len(order), 65_536):  # row blocks: no sorted copy of the whole matrix
+        h.update(np.ascontiguousarray(m[order[start : start + 65_536]]).tobytes())
     return "umap-" + h.hexdigest()[:32]
 
 
@@ -167,21 +179,66 @@ def place(cmap: CorpusMap, vectors: np.ndarray) -> tuple[np.ndarray, str]:
     return knn_place(v, cmap.fit_matrix, cmap.fit_xy, cmap.config.fallback_k), "knn-fallback"
 
 
-def corpus_map(
+def require_map_fitter(user: CurrentUser | None, policy: AccessPolicy | None = None) -> str:
+    """The reviewer who fits, or PermissionDeniedError: a UMAP fit costs seconds to minutes of
+    CPU and adds a map to the store, so no read-only visitor may start one. The check is the
+    library's (:func:`carlos.core.access.authorize`: the policy resolved now, or ``policy``)."""
+    if user is None:
+        raise PermissionDeniedError(f"a caller without an acting user may not fit a map (UMAP): it needs a reviewer; {_FIT_HINT}")
+    try:
+        return authorize(user, "fit a map (UMAP)", policy)
+    except PermissionDeniedError as e:
+        raise PermissionDeniedError(f"{e}; {_FIT_HINT}") from None
+
+
+_FIT_HINT = "a reviewer fits it from the Map page, and `python -m carlos corpus import` fits the default map of the corpus"
+
+
+def cached_map(
+    store: Store, view: CorpusView, config: MapConfig | None = None, *, fit_ids: Sequence[str] | None = None
+) -> CorpusMap | None:
+    """The map of ``view`` from the store's cache, or None: never fits, so any visitor may call it.
+
+    ``fit_ids`` (default: every LoRA not uploaded) name the LoRAs the map was fitted on; the
+    others are placed with :func:`place`.
+    """
+    return _corpus_map(store, view, config or MapConfig(), fit_ids, None, may_fit=False)
+
+
+def fit_map(
     store: Store,
     view: CorpusView,
     config: MapConfig | None = None,
     *,
+    user: CurrentUser | None,
+    policy: AccessPolicy | None = None,
     fit_ids: Sequence[str] | None = None,
     progress: Progress | None = None,
 ) -> CorpusMap:
-    """The map of ``view``: cached coordinates when present, else a UMAP fit (then cached).
+    """The map of ``view``, fitted now (UMAP) and cached unless it is cached already.
 
-    ``fit_ids`` (default: every LoRA not uploaded) are the LoRAs the map is fitted on;
-    the others are placed with :func:`place`. ``progress(done, total)`` is called
-    before and after the slow step.
+    Only a reviewer may call it (:func:`require_map_fitter`, checked before anything is
+    read or fitted; ``policy`` as in :func:`carlos.core.access.authorize`).
+    ``progress(done, total)`` is called before and after the slow step.
     """
-    config = config or MapConfig()
+    require_map_fitter(user, policy)
+    cmap = _corpus_map(store, view, config or MapConfig(), fit_ids, progress, may_fit=True)
+    assert cmap is not None
+    return cmap
+
+
+def import_map(store: Store, view: CorpusView, config: MapConfig | None = None, *, progress: Progress | None = None) -> CorpusMap:
+    """The default map fitted at corpus import (``python -m carlos corpus import``), so visitors
+    find it cached; a second import finds it and fits nothing. The import command is run by
+    whoever administers the store file, not by a dashboard session."""
+    cmap = _corpus_map(store, view, config or MapConfig(), None, progress, may_fit=True)
+    assert cmap is not None
+    return cmap
+
+
+def _corpus_map(
+    store: Store, view: CorpusView, config: MapConfig, fit_ids: Sequence[str] | None, progress: Progress | None, *, may_fit: bool
+) -> CorpusMap | None:
     # 1. the fitted set
     if fit_ids is None:
         fit_mask = (view.frame["source"] != "upload").to_numpy()
@@ -201,11 +258,14 @@ def corpus_map(
         xy = _cached_xy(store, key, ids)
         fitted_now = xy is None
         if xy is None:
+            if not may_fit:
+                return None
             if progress:
                 progress(0, 1)
             log.info("fitting UMAP %s on %d LoRAs", key, len(ids))
             model, xy = fit_umap(matrix, config)
-            store.caches.put_map(key, ids, xy)
+            if not store.caches.put_map(key, ids, xy):
+                log.warning("map %s is larger than the map cache's byte limit: shown now, not cached", key)
             _remember(key, model)
             if progress:
                 progress(1, 1)
@@ -227,6 +287,13 @@ def forget_models() -> None:
     """Drop the in-memory models (what a restart does; tests use it for the fallback)."""
     with _models_lock:
         _models.clear()
+
+
+def model_in_memory(key: str) -> Any:
+    """The fitted UMAP model of map ``key`` while this process holds it, else None (callers
+    that remember a CorpusMap check it is still the map :func:`cached_map` would give)."""
+    with _models_lock:
+        return _models.get(key)
 
 
 # -- internals ------------------------------------------------------------------------------------

@@ -3,14 +3,13 @@ intervals beside the thresholds in force (pure function from a frame to a Plotly
 
 from __future__ import annotations
 
-import html
-
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from carlos.config import Thresholds
 from carlos.core.risk import RISK_COLOURS
+from carlos.core.untrusted import plotly_literal
 from carlos.errors import InvalidInputError
 
 #: Columns :func:`interval_figure` reads (``characterize.results.representation_intervals``).
@@ -24,7 +23,7 @@ def interval_figure(rows: pd.DataFrame, thresholds: Thresholds) -> go.Figure:
     if missing:
         raise InvalidInputError(f"the frame needs columns {missing}")
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=("Strength (95%)", "Consistency (95%)"), horizontal_spacing=0.06)
-    labels = rows["label"].astype(str).map(html.escape)
+    labels = rows["label"].astype(str).map(plotly_literal)
     for col, (name, fmt) in enumerate((("strength", ".3f"), ("consistency", ".4f")), start=1):
         value, lo, hi = rows[name].astype(float), rows[f"{name}_lo"].astype(float), rows[f"{name}_hi"].astype(float)
         fig.add_trace(

@@ -8,8 +8,11 @@ from streamlit.testing.v1 import AppTest
 
 from carlos.config import REPO_ROOT, Thresholds
 from carlos.review import workflow as review
+from carlos.review.access import CurrentUser
 from carlos.search.capabilities import RETRIEVERS
 from carlos.store.store import Store
+
+BOB = CurrentUser.local("bob")  # another reviewer, local mode
 
 APP = str(REPO_ROOT / "streamlit_app.py")
 
@@ -34,8 +37,8 @@ def test_overview_shows_the_corpus(real_store_path: Path, monkeypatch) -> None:
 
 
 def test_overview_follows_saved_thresholds_and_shows_recent_decisions(store_copy: Store, monkeypatch) -> None:
-    review.set_thresholds(store_copy, Thresholds(9.0, None), "bob", "stricter")
-    review.bulk_flag(store_copy, ["civitai:130580"], "bob", "pixel style")
+    review.set_thresholds(store_copy, Thresholds(9.0, None), BOB, "stricter")
+    review.bulk_flag(store_copy, ["civitai:130580"], BOB, "pixel style")
     monkeypatch.setenv("CARLOS_DB", str(store_copy.path))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception

@@ -13,8 +13,11 @@ from carlos.cli.main import main as cli
 from carlos.config import REPO_ROOT, Thresholds
 from carlos.core.risk import RiskPolicy, corpus_stats
 from carlos.review import workflow as review
+from carlos.review.access import CurrentUser
 from carlos.store.catalog import load_view
 from carlos.store.store import Store
+
+BOB = CurrentUser.local("bob")  # another reviewer, local mode
 
 APP = str(REPO_ROOT / "streamlit_app.py")
 
@@ -79,7 +82,7 @@ def test_sliders_and_links_move_the_thresholds(real_store_path: Path, monkeypatc
 def test_bulk_flag_and_save_thresholds(store_copy: Store, monkeypatch) -> None:
     at = open_risk(store_copy.path, monkeypatch, sel="civitai:130580,civitai:160844")
     assert at.multiselect(key="risk_sel").value == ["civitai:130580", "civitai:160844"]
-    review.claim(store_copy, "civitai:160844", "bob")  # someone else holds one of them
+    review.claim(store_copy, "civitai:160844", BOB)  # someone else holds one of them
     at.text_input(key="risk_flag_note").input("pixel look-alikes")
     at.form_submit_button[0].click().run()
     assert not at.exception
@@ -97,8 +100,14 @@ def test_bulk_flag_and_save_thresholds(store_copy: Store, monkeypatch) -> None:
     assert any("Saved: Strength ≤ 9.5" in c.value for c in at.sidebar.caption)
 
 
-def test_readers_outside_the_reviewer_list_cannot_write(store_copy: Store, monkeypatch) -> None:
+def test_readers_outside_the_reviewer_list_cannot_write(store_copy: Store, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CARLOS_DB", str(store_copy.path))
+    # the library reads the reviewer list from the secrets files; AppTest's at.secrets reach st.secrets only
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text(
+        '[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\ncookie_secret = "s"\n[carlos]\nreviewers = ["ada@example.org"]\n'
+    )
+    monkeypatch.setattr("app.access.secrets_files", lambda: (str(secrets),))
     at = AppTest.from_file(APP, default_timeout=60)
     at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "s"}
     at.secrets["carlos"] = {"reviewers": ["ada@example.org"]}

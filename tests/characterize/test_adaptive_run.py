@@ -10,6 +10,7 @@ import pytest
 from carlos.characterize import jobs
 from carlos.characterize.adaptive_run import rounds_of
 from carlos.characterize.engine import get_protocol, protocol_pairs
+from carlos.core.access import CurrentUser
 from carlos.core.adaptive import AdaptiveSettings
 from carlos.core.representation import summarize
 from carlos.files.testing import make_test_lora
@@ -19,6 +20,7 @@ from carlos.store.store import Store
 #: No filters (every LoRA is settled as retained) and loose targets: it stops at the minimum.
 LOOSE = {"min_pairs": 35, "target_cosine": 0.01, "strength_half_width": 1e6, "consistency_half_width": 1e6}
 NO_FILTERS = {"strength_max": None, "consistency_min": None}
+USER = CurrentUser.local("test")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def _run(env, name: str, adaptive: dict) -> tuple[dict, object, int]:
     root, store, worker = env
     path = root / f"{name}.safetensors"
     make_test_lora(path, seed=11)
-    sub = jobs.submit(store, path, backend="tiny", protocol="adaptive", requested_by="test", adaptive=adaptive)
+    sub = jobs.submit(store, path, backend="tiny", protocol="adaptive", user=USER, adaptive=adaptive)
     seen: list[tuple[int, int]] = []
     assert worker.run_one(job_id=sub.job_id, progress=lambda d, t: seen.append((d, t))) == sub.job_id
     job = store.jobs.get(sub.job_id)
@@ -65,17 +67,42 @@ def test_adaptive_job_stops_early_with_its_reason(env) -> None:
 
 
 def test_adaptive_job_stops_at_its_maximum(env) -> None:
-    _, rep, _ = _run(env, "strict", {"min_pairs": 35, "max_pairs": 70, "target_cosine": 1.0, "strength_half_width": 1e-9})
+    _, store, _ = env
+    _, rep, job_id = _run(env, "strict", {"min_pairs": 35, "max_pairs": 70, "target_cosine": 1.0, "strength_half_width": 1e-9})
     a = rep.provenance["adaptive"]
     assert a["pairs_used"] == rep.n_samples == 70
     assert a["reason"] == "reached the maximum of 70 pairs"
     assert np.isfinite(rep.strength)
+    # every round's decision is recorded: what the Characterize page draws while it runs
+    first, last = store.jobs.rounds(job_id)
+    assert (first["round_index"], first["n"], last["round_index"], last["n"]) == (0, 35, 1, 70)
+    assert not first["decision"]["stop"] and "strength" in first["decision"]["waiting_for"]
+    assert first["decision"]["message"] == f"35 of 4,480 pairs; waiting for: {', '.join(first['decision']['waiting_for'])}"
+    assert last["decision"]["stop"] and last["decision"]["message"] == a["message"] and last["decision"]["reason"] == a["reason"]
+    lo, hi = last["decision"]["strength_interval"]
+    assert lo <= last["decision"]["strength"] <= hi and last["decision"]["strength"] == pytest.approx(rep.strength, rel=1e-6)
+
+
+def test_a_resumed_adaptive_job_replays_its_rounds_and_stops_at_the_same_pair(env) -> None:
+    root, store, worker = env
+    settings = {"pairs_per_round": 5, "growth": 0.0, "min_pairs": 5, "max_pairs": 15, "target_cosine": 1.0, "strength_half_width": 1e-9}
+    path = make_test_lora(root / "resumed.safetensors", seed=13)
+    sub = jobs.submit(store, path, user=USER, backend="tiny", protocol="adaptive", adaptive=settings)
+    answers = iter([True, False])  # asked before each chunk (one per round here): stop before round 2
+    char = worker.characterizer("tiny", "adaptive")
+    assert char.run_job(store.jobs.get(sub.job_id), should_continue=lambda: next(answers)) is None
+    assert len(store.jobs.done_pairs(sub.job_id)) == 5 and [r["n"] for r in store.jobs.rounds(sub.job_id)] == [5]
+    assert worker.run_one(job_id=sub.job_id) == sub.job_id  # resumes: round 1 decided again from the store
+    rep = next(r for r in store.reps.of(sub.lora_id) if r.provenance.get("job_id") == sub.job_id)
+    assert rep.provenance["adaptive"]["pairs_used"] == rep.n_samples == 15
+    assert rep.provenance["adaptive"]["reason"] == "reached the maximum of 15 pairs"
+    assert [r["n"] for r in store.jobs.rounds(sub.job_id)] == [5, 10, 15] and len(store.jobs.done_pairs(sub.job_id)) == 15
 
 
 def test_an_adaptive_job_whose_file_was_corrupted_after_submit_fails_untouched(env) -> None:
     root, store, worker = env
     path = make_test_lora(root / "corrupted.safetensors", seed=12)
-    sub = jobs.submit(store, path, backend="tiny", protocol="adaptive", requested_by="test", adaptive=LOOSE)
+    sub = jobs.submit(store, path, backend="tiny", protocol="adaptive", user=USER, adaptive=LOOSE)
     stored = Path(store.jobs.get(sub.job_id)["file_path"])
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0xFF

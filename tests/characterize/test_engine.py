@@ -7,12 +7,15 @@ import pytest
 
 from carlos.characterize import jobs
 from carlos.characterize.engine import verify_lora_file
+from carlos.core.access import CurrentUser
 from carlos.core.representation import summarize
 from carlos.errors import InvalidLoRAFileError
 from carlos.files.testing import make_test_lora
 from carlos.files.validate import sha256_file
 from carlos.store.store import Store
 from carlos.viz.figures import category_strength_bar
+
+USER = CurrentUser.local("test")  # local mode: anyone identified may write
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def _characterize(worker_env, name: str, **lora_kwargs) -> tuple[str, int]:
     root, store, worker = worker_env
     path = root / f"{name}.safetensors"
     make_test_lora(path, **lora_kwargs)
-    sub = jobs.submit(store, path, backend="tiny", protocol="smoke", requested_by="test")
+    sub = jobs.submit(store, path, backend="tiny", protocol="smoke", user=USER)
     assert worker.run_one(job_id=sub.job_id) == sub.job_id
     job = store.jobs.get(sub.job_id)
     assert job["status"] == "finished", job["error"]
@@ -80,10 +83,10 @@ def test_same_file_twice_is_the_same_lora_and_job(worker_env) -> None:
     root, store, _ = worker_env
     path = root / "twice.safetensors"
     make_test_lora(path, seed=9)
-    first = jobs.submit(store, path, backend="tiny", protocol="smoke")
+    first = jobs.submit(store, path, backend="tiny", protocol="smoke", user=USER)
     copy = root / "renamed copy.safetensors"
     copy.write_bytes(path.read_bytes())
-    second = jobs.submit(store, copy, backend="tiny", protocol="smoke")
+    second = jobs.submit(store, copy, backend="tiny", protocol="smoke", user=USER)
     assert second.lora_id == first.lora_id and second.duplicate_of_job == first.job_id
     assert second.already_known
 
@@ -108,7 +111,7 @@ def _tamper_after_submit(worker_env, name: str, protocol: str = "smoke", **submi
     root, store, _ = worker_env
     path = root / f"{name}.safetensors"
     make_test_lora(path, seed=5)
-    sub = jobs.submit(store, path, backend="tiny", protocol=protocol, requested_by="test", **submit_kwargs)
+    sub = jobs.submit(store, path, backend="tiny", protocol=protocol, user=USER, **submit_kwargs)
     stored = store.jobs.get(sub.job_id)["file_path"]
     make_test_lora(stored, seed=6)  # the file was replaced after it was validated
     return sub, sha256_file(stored)

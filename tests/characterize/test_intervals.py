@@ -10,10 +10,13 @@ import pytest
 
 from carlos.characterize import jobs
 from carlos.characterize.engine import get_protocol, job_prompt_set, protocol_pairs
+from carlos.core.access import CurrentUser
 from carlos.core.representation import summarize
 from carlos.core.uncertainty import Uncertainty, estimate
 from carlos.files.testing import make_test_lora
 from carlos.store.store import Store
+
+USER = CurrentUser.local("test")  # local mode: anyone identified may write
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     worker = jobs.Worker(store, worker_id="interval-test", chunk_pairs=35)
     path = root / "lora.safetensors"
     make_test_lora(path, seed=1)
-    sub = jobs.submit(store, path, backend="tiny", protocol="quick", requested_by="test")
+    sub = jobs.submit(store, path, backend="tiny", protocol="quick", user=USER)
     assert worker.run_one(job_id=sub.job_id) == sub.job_id
     job = store.jobs.get(sub.job_id)
     assert job["status"] == "finished", job["error"]

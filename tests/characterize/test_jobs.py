@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from carlos.characterize import jobs
+from carlos.core.access import CurrentUser
 from carlos.errors import InvalidLoRAFileError, UnsupportedBaseModelError
 from carlos.files.testing import make_test_lora
 from carlos.store.store import Store
+
+USER = CurrentUser.local("test")  # local mode: anyone identified may write
 
 
 def _sd15_lora(path: Path) -> None:
@@ -86,7 +89,7 @@ def test_bad_uploads_are_refused_and_the_store_is_unchanged(tmp_path: Path, name
     path = tmp_path / name
     write(path)
     with pytest.raises(error) as info:
-        jobs.submit(store, path, backend="tiny", protocol="smoke", uploads_dir=tmp_path / "up")
+        jobs.submit(store, path, backend="tiny", protocol="smoke", uploads_dir=tmp_path / "up", user=USER)
     assert words.lower() in str(info.value).lower()
     assert store.table_counts() == before
     assert not (tmp_path / "up").exists() or not any((tmp_path / "up").iterdir())
@@ -99,7 +102,7 @@ def test_oversized_upload_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "big.safetensors"
     make_test_lora(path, seed=1)
     with pytest.raises(InvalidLoRAFileError, match="(?i)size|large|limit"):
-        jobs.submit(store, path, limits=LoRAFileLimits(max_file_bytes=1024))
+        jobs.submit(store, path, limits=LoRAFileLimits(max_file_bytes=1024), user=USER)
     assert store.table_counts()["jobs"] == 0
 
 
@@ -112,12 +115,12 @@ def test_killed_worker_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) 
     make_test_lora(lora, seed=11)
     # uninterrupted reference
     ref_store = Store.open(tmp_path / "ref.duckdb")
-    ref = jobs.submit(ref_store, lora, backend="tiny", protocol="smoke")
+    ref = jobs.submit(ref_store, lora, backend="tiny", protocol="smoke", user=USER)
     subprocess.run(_worker_cmd(ref_store.path), check=True, capture_output=True)
     expected = ref_store.reps.of(ref.lora_id)[0]
 
     store = Store.open(tmp_path / "s.duckdb")
-    sub = jobs.submit(store, lora, backend="tiny", protocol="smoke")
+    sub = jobs.submit(store, lora, backend="tiny", protocol="smoke", user=USER)
     proc = subprocess.Popen(_worker_cmd(store.path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while store.jobs.get(sub.job_id)["done"] < 1:

@@ -10,10 +10,13 @@ import pytest
 
 from carlos.characterize import jobs
 from carlos.characterize.engine import PROTOCOLS, Protocol, get_protocol, lora_prompt, protocol_pairs, trigger_words
+from carlos.core.access import CurrentUser
 from carlos.data.prompts import get_prompt_set, prompts_for_profile
 from carlos.errors import InvalidInputError
 from carlos.files.testing import make_test_lora
 from carlos.store.store import Store
+
+USER = CurrentUser.local("test")  # local mode: anyone identified may write
 
 
 def test_every_trigger_word_is_appended_in_order() -> None:
@@ -85,7 +88,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
 def _run(env, name: str, seed: int, **submit_kw: Any) -> tuple[Any, Any]:
     root, store, worker, _ = env
     path = make_test_lora(root / f"{name}.safetensors", seed=seed)
-    sub = jobs.submit(store, path, backend="tiny", protocol="smoke", **submit_kw)
+    sub = jobs.submit(store, path, backend="tiny", protocol="smoke", **submit_kw, user=USER)
     worker.run_one(job_id=sub.job_id)
     job = store.jobs.get(sub.job_id)
     assert job["status"] == "finished", job["error"]
@@ -122,8 +125,8 @@ def test_an_old_single_string_job_option_is_still_read(env) -> None:
     root, store, worker, calls = env
     calls.clear()
     path = make_test_lora(root / "old.safetensors", seed=43)
-    sub = jobs.submit(store, path, backend="tiny", protocol="smoke")  # registers the LoRA ...
-    assert jobs.cancel(store, sub.job_id)  # ... and its new-style job is not the one run here
+    sub = jobs.submit(store, path, backend="tiny", protocol="smoke", user=USER)  # registers the LoRA ...
+    assert jobs.cancel(store, sub.job_id, USER)  # ... and its new-style job is not the one run here
     # a job queued by an earlier version: trigger a plain string, no prompt set (the team's set was the default then)
     options = {"trigger": "old style", "sha256": sub.report.sha256}
     job_id = store.jobs.enqueue(sub.lora_id, store.jobs.get(sub.job_id)["file_path"], "tiny", "smoke", 4, options, "test")
@@ -137,9 +140,12 @@ def test_an_old_single_string_job_option_is_still_read(env) -> None:
 def test_submit_keeps_one_job_per_triggers_and_prompt_set(env, tmp_path: Path) -> None:
     _, store, _, _ = env
     path = make_test_lora(tmp_path / "dedup.safetensors", seed=44)
-    a = jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=["x", "y"])
-    assert jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=[" x", "y "]).job_id == a.job_id
-    assert jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=["y", "x"]).job_id != a.job_id
-    assert jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=["x", "y"], prompt_set="carlos-prompts-v1").job_id != a.job_id
+    a = jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=["x", "y"], user=USER)
+    assert jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=[" x", "y "], user=USER).job_id == a.job_id
+    assert jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=["y", "x"], user=USER).job_id != a.job_id
+    assert (
+        jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=["x", "y"], prompt_set="carlos-prompts-v1", user=USER).job_id
+        != a.job_id
+    )
     with pytest.raises(InvalidInputError, match="unknown prompt set 'nope'"):
-        jobs.submit(store, path, backend="tiny", protocol="smoke", prompt_set="nope")
+        jobs.submit(store, path, backend="tiny", protocol="smoke", prompt_set="nope", user=USER)

@@ -21,10 +21,13 @@ from carlos.characterize.ray_actors import RayConfig
 from carlos.characterize.ray_driver import characterize_on_ray
 from carlos.cli.main import main
 from carlos.cli.ray import read_manifest
+from carlos.core.access import CurrentUser
 from carlos.errors import InvalidInputError
 from carlos.files.testing import make_test_lora
 from carlos.files.validate import sha256_file
 from carlos.store.store import Store
+
+USER = CurrentUser.local("test")  # local mode: anyone identified may write
 
 TRIGGERS = {"a": None, "b": "glowing neon", "c": None}
 N_PAIRS = 4  # smoke protocol: 2 prompts x 2 seeds
@@ -49,7 +52,7 @@ def reference(loras: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     worker = jobs.Worker(store, worker_id="reference", chunk_pairs=1)
     out = {}
     for k, path in loras.items():
-        sub = jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=TRIGGERS[k])
+        sub = jobs.submit(store, path, backend="tiny", protocol="smoke", trigger=TRIGGERS[k], user=USER)
         worker.run_one(job_id=sub.job_id)
         out[sub.lora_id] = store.reps.of(sub.lora_id)[0]
     return out
@@ -160,7 +163,7 @@ def test_manifest_formats_and_errors(tmp_path: Path, loras: dict[str, Path], ref
 
 def test_a_worker_dies_mid_run_and_nothing_is_lost_or_doubled(cluster, loras, reference, tmp_path) -> None:
     store = Store.open(tmp_path / "s.duckdb")
-    job_ids = [jobs.submit(store, p, trigger=TRIGGERS[k]).job_id for k, p in loras.items()]
+    job_ids = [jobs.submit(store, p, trigger=TRIGGERS[k], user=USER).job_id for k, p in loras.items()]
     flag = tmp_path / "crashed"
     seen: list[tuple[int, int]] = []
     report = characterize_on_ray(
@@ -227,7 +230,7 @@ def test_a_stopped_driver_resumes_where_it_stopped(cluster, loras, reference, tm
 
 def test_a_file_changed_after_submit_fails_on_ray_before_any_actor_loads_it(cluster, tmp_path) -> None:
     store = Store.open(tmp_path / "s.duckdb")
-    sub = jobs.submit(store, make_test_lora(tmp_path / "t.safetensors", seed=40))
+    sub = jobs.submit(store, make_test_lora(tmp_path / "t.safetensors", seed=40), user=USER)
     stored = store.jobs.get(sub.job_id)["file_path"]
     make_test_lora(stored, seed=41)  # replaced after it was validated
     report = characterize_on_ray(store, [sub.job_id], config=RayConfig(actors=1, chunk_pairs=1))

@@ -511,12 +511,17 @@ def test_malformed_metadata_is_kept_raw_with_warnings(tmp_path: Path) -> None:
     assert "ss_resolution='huge'" in text
 
 
-def test_non_string_metadata_values_are_tolerated(tmp_path: Path) -> None:
+def test_non_string_metadata_values_are_refused_since_safetensors_cannot_open_them(tmp_path: Path) -> None:
+    """Found by the fuzzer: these were accepted with a warning, then failed in the loader."""
     arrays = {k: v.astype(np.float32) for k, v in _kohya(SDXL_KOHYA).items()}
     path = _craft_bf16(tmp_path / "m.safetensors", arrays, metadata={"ss_network_dim": 4, "ss_output_name": "x"})
-    report = validate_lora(path)
-    assert report.ok and report.raw_metadata == {"ss_network_dim": 4, "ss_output_name": "x"}
-    assert report.warnings == ("metadata 'ss_network_dim' is not a string; kept as stored",)
+    report = inspect_lora(path)
+    assert not report.ok and report.error_type == "InvalidLoRAFileError"
+    assert report.error == (
+        "metadata 'ss_network_dim' is a number, not text: safetensors stores metadata as text only, so it cannot open this file"
+    )
+    path = _craft_bf16(tmp_path / "n.safetensors", arrays, metadata=None)
+    assert validate_lora(path).raw_metadata == {}  # no __metadata__ at all is fine
 
 
 # --- identity and names --------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""UMAP maps: cache key, fit once and cache in the store, place uploads with the fitted
-model, and the documented kNN fallback after a restart. One small fit (UMAP's numba
+"""UMAP maps: cache key, fit once (a reviewer only) and cache in the store, place uploads with
+the fitted model, and the documented kNN fallback after a restart. One small fit (UMAP's numba
 JIT compiles once per process, most of this file's time)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carlos.errors import InvalidInputError
+from carlos.errors import InvalidInputError, PermissionDeniedError
+from carlos.review.access import AccessPolicy, CurrentUser
 from carlos.store.catalog import load_view
 from carlos.store.store import Store
 from carlos.viz import maps
@@ -17,6 +18,9 @@ from carlos.viz import maps
 SPACE = "test/32d"
 CONFIG = maps.MapConfig(n_neighbors=10, n_epochs=60, random_state=7)
 N_PER, DIM = 60, 32
+POLICY = AccessPolicy.from_list(["alice@example.org"], source="this test")
+REVIEWER = CurrentUser.local("alice@example.org")
+VISITOR = CurrentUser.local("mallory@example.org")  # can_write=True: the library checks the policy, not the flag
 
 
 def _clusters(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +53,7 @@ def clustered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, np.ndarr
 @pytest.fixture(scope="module")
 def fitted(clustered: tuple[Store, np.ndarray, np.ndarray]) -> maps.CorpusMap:
     maps.forget_models()
-    return maps.corpus_map(clustered[0], load_view(clustered[0], SPACE), CONFIG)
+    return maps.fit_map(clustered[0], load_view(clustered[0], SPACE), CONFIG, user=REVIEWER, policy=POLICY)
 
 
 def test_config_is_checked() -> None:
@@ -94,11 +98,11 @@ def test_fit_caches_coordinates_and_keeps_clusters_apart(clustered, fitted: maps
 def test_second_call_reads_the_store_and_after_a_restart_falls_back(clustered, fitted) -> None:
     store, x, labels = clustered
     view = load_view(store, SPACE)
-    again = maps.corpus_map(store, view, CONFIG)
+    again = maps.cached_map(store, view, CONFIG)
     assert not again.fitted_now and again.key == fitted.key and again.can_transform
     np.testing.assert_allclose(again.fit_xy, fitted.fit_xy)
     maps.forget_models()  # what a restart does: coordinates survive in the store, the model doesn't
-    restarted = maps.corpus_map(store, view, CONFIG)
+    restarted = maps.cached_map(store, view, CONFIG)
     assert not restarted.fitted_now and not restarted.can_transform
     assert restarted.placement_method == "knn-fallback"
     frame = restarted.frame.set_index("lora_id")
@@ -136,6 +140,18 @@ def test_too_few_points_and_unknown_fit_ids_are_explained(tmp_path: Path) -> Non
     )
     view = load_view(store, SPACE)
     with pytest.raises(InvalidInputError, match="at least"):
-        maps.corpus_map(store, view, CONFIG)
+        maps.fit_map(store, view, CONFIG, user=REVIEWER, policy=POLICY)
     with pytest.raises(InvalidInputError, match="fit_ids"):
-        maps.corpus_map(store, view, CONFIG, fit_ids=["c:0", "nope"])
+        maps.cached_map(store, view, CONFIG, fit_ids=["c:0", "nope"])
+
+
+def test_only_a_reviewer_fits_and_a_visitor_gets_no_map(clustered, fitted) -> None:
+    store, _, _ = clustered
+    view = load_view(store, SPACE)
+    other = maps.MapConfig(n_neighbors=12, n_epochs=60, random_state=7)  # not cached
+    before = store.table_counts()
+    assert maps.cached_map(store, view, other) is None  # a visitor never fits
+    for user in (VISITOR, None):
+        with pytest.raises(PermissionDeniedError, match="may not fit a map"):
+            maps.fit_map(store, view, other, user=user, policy=POLICY)
+    assert store.table_counts() == before and not store.caches.has_map(maps.map_key(SPACE, fitted.fit_ids, fitted.fit_matrix, other))
