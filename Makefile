@@ -12,7 +12,7 @@ STORE  := data/carlos.duckdb
 PORT   ?= 8501
 HOST   ?= 127.0.0.1
 
-.PHONY: run test setup store browser worker lint clean-store fuzz
+.PHONY: run test setup store browser worker lint clean-store fuzz screenshots
 
 run: store
 	$(PY) -m streamlit run streamlit_app.py --server.headless true \
@@ -44,6 +44,10 @@ store: setup
 browser:
 	@(command -v chromium && command -v pdftoppm && fc-list :lang=zh family | grep -q "Noto Sans CJK") >/dev/null 2>&1 \
 	  || sh scripts/install-chromium.sh
+
+# The README's screenshots (docs/screenshots/), from a copy of the real store in headless Chromium at 1440 px.
+screenshots: store browser
+	PYTHONPATH=. $(PY) scripts/screenshots.py
 
 worker: store
 	$(PY) -m carlos --db $(STORE) worker

@@ -126,7 +126,9 @@ region = top[0].selectbox(
     list(region_label),
     key="map_region",
     index=None,
-    placeholder=f"All {len(region_label)} regions (choose one here, or click its row or bar below)",
+    placeholder=f"All {sum(c != clusters.NOISE for c in region_label)} regions"
+    + (f" and {sizes[clusters.NOISE]} unclustered LoRAs" if sizes.get(clusters.NOISE) else "")
+    + " (choose one here, or click its row or bar below)",
     format_func=lambda c: f"{region_label[c]} ({sizes[c]} LoRAs)",
 )
 keep("map_region", param="region", fmt=lambda v: None if v is None else str(v))
