@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from carlos.config import REPO_ROOT
+from carlos.errors import CarlosError
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(CarlosError, RuntimeError):
     """The server exited, or did not answer its health check in time; the message ends with its log."""
 
 
