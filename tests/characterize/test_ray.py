@@ -8,7 +8,6 @@ representations of a single-process :class:`carlos.characterize.jobs.Worker` run
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -56,22 +55,6 @@ def reference(loras: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
         worker.run_one(job_id=sub.job_id)
         out[sub.lora_id] = store.reps.of(sub.lora_id)[0]
     return out
-
-
-@pytest.fixture(scope="module")
-def cluster(reference: dict) -> object:
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=80 * 1024**2,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    yield ray
-    ray.shutdown()
 
 
 def crash_once_factory(flag: str, on_call: int):

@@ -9,7 +9,6 @@ on both sides makes the images in the same batches, so the stored diffs are bit-
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -56,22 +55,6 @@ def reference(loras: list[Path], tmp_path_factory: pytest.TempPathFactory) -> St
     for job_id in _submit(store, loras):
         worker.run_one(job_id=job_id)
     return store
-
-
-@pytest.fixture(scope="module")
-def cluster(reference: Store) -> object:
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=80 * 1024**2,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    yield ray
-    ray.shutdown()
 
 
 def test_adaptive_jobs_on_ray_stop_early_and_equal_the_worker(cluster, loras, reference, tmp_path) -> None:
