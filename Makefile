@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh Linux machine with Python 3.11:
 #   make run    start the dashboard on the real 740-LoRA corpus
 #   make test   run the whole test suite
+# and `make serve WORKERS=N` serves it with N Streamlit processes behind HAProxy (one per core by default).
 # Both are idempotent: they create .venv, install requirements.txt, fetch and verify the
 # corpus and build the store only when something is missing or changed.
 
@@ -11,16 +12,22 @@ STAMP  := $(VENV)/.requirements-$(shell cat requirements.txt | sha256sum | cut -
 STORE  := data/carlos.duckdb
 PORT   ?= 8501
 HOST   ?= 127.0.0.1
+WORKERS ?= $(shell nproc)
 
-.PHONY: run test setup store browser worker lint clean-store fuzz screenshots
+.PHONY: run serve test setup store browser haproxy worker lint clean-store fuzz screenshots
 
 run: store
 	$(PY) -m streamlit run streamlit_app.py --server.headless true \
 	  --server.port $(PORT) --server.address $(HOST) --browser.gatherUsageStats false
 
+# WORKERS Streamlit processes on loopback ports behind HAProxy on HOST:PORT (cookie session affinity,
+# health checks); Ctrl-C stops all of them (carlos/serving, `python -m carlos serve --help`).
+serve: store haproxy
+	$(PY) -m carlos --db $(STORE) serve --workers $(WORKERS) --port $(PORT) --host $(HOST)
+
 # Two pytest workers (pytest-xdist), one file per worker at a time: module fixtures (servers, a
 # characterized LoRA) are built once; ~8.5 min on 2 cores against ~12.5 min serially.
-test: store browser lint
+test: store browser haproxy lint
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # A long fuzz of the upload validator: the fuzz tests only, under the "fuzz" hypothesis profile
@@ -45,6 +52,10 @@ browser:
 	@(command -v chromium && command -v pdftoppm && fc-list :lang=zh family | grep -q "Noto Sans CJK") >/dev/null 2>&1 \
 	  || sh scripts/install-chromium.sh
 
+# Debian's HAProxy for `make serve` and its browser test (tests/test_browser_replicas.py); root or sudo.
+haproxy:
+	@(command -v haproxy || test -x /usr/sbin/haproxy) >/dev/null 2>&1 || sh scripts/install-haproxy.sh
+
 # The README's screenshots (docs/screenshots/), from a copy of the real store in headless Chromium at 1440 px.
 screenshots: store browser
 	PYTHONPATH=. $(PY) scripts/screenshots.py
@@ -59,4 +70,4 @@ lint: setup
 	$(VENV)/bin/lint-imports --no-logo
 
 clean-store:
-	rm -f $(STORE) $(STORE).wal $(STORE).lock $(STORE).version
+	rm -f $(STORE) $(STORE).wal $(STORE).lock $(STORE).version $(STORE).changes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app import memory
 from app.access import sidebar_user
 from app.state import show_flash
 from carlos.review.access import CurrentUser
@@ -28,6 +29,7 @@ def page_setup() -> CurrentUser:
     """First call of every page: navigation, the sidebar's user box and any queued messages.
     In the pages, not the entry point, so a page also works when run on its own (AppTest, or
     Streamlit's legacy ``pages/`` mode, which skips the entry point on a fresh server)."""
+    memory.settle()  # long-lived objects out of the post-run collection, when they grew
     st.set_page_config(page_title="CARLoS: LoRAs by what they do", page_icon="🔎", layout="wide")
     with st.sidebar:
         for script, title, icon, _ in PAGES:

@@ -1,19 +1,16 @@
-"""Cached resources: one Store, search service and capability check per process, and the corpus view."""
+"""Cached resources: one Store, search service and capability check per process; the corpus guard."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
 import streamlit as st
 
-from carlos.config import CORPUS_EMBEDDER, Thresholds, default_paths
-from carlos.core.risk import RiskPolicy, annotate, nsfw_label
+from carlos.config import default_paths
 from carlos.core.view import CorpusView
-from carlos.errors import CarlosError
-from carlos.review import workflow as review
+from carlos.pagemodels import Basics
+from carlos.pagemodels.corpus_pages import read_basics_only
 from carlos.search.capabilities import Capabilities, detect
-from carlos.search.views import corpus_view
 from carlos.store.store import Store
 
 
@@ -27,50 +24,15 @@ def get_store() -> Store:
     return open_store(str(default_paths().db_path))
 
 
-def get_view(embedder: str = CORPUS_EMBEDDER) -> CorpusView:
-    """The corpus view; ``load_view`` caches it per store data version."""
-    return corpus_view(get_store(), embedder)
-
-
-def require_corpus() -> CorpusView:
-    """The corpus view, or an explained empty state that stops the page."""
-    try:
-        view = get_view()
-    except CarlosError as e:
-        st.info(f"The store has no corpus yet: {e}. Run `make run` (it imports the corpus) or `python -m carlos corpus import`.")
+def require_corpus(basics: Basics | None = None) -> CorpusView:
+    """The corpus view of a page model's ``basics`` (read here when not given), or an explained
+    empty state that stops the page."""
+    if basics is None:
+        basics = read_basics_only(get_store())
+    if basics.view is None:
+        st.info(f"No corpus to show: {basics.missing}. Run `make run` (it imports the corpus) or `python -m carlos corpus import`.")
         st.stop()
-    if len(view) == 0:
-        st.info("The store is empty. Run `python -m carlos corpus import`.")
-        st.stop()
-    return view
-
-
-def corpus_frame(view: CorpusView, thresholds: Thresholds) -> pd.DataFrame:
-    """The view annotated under ``thresholds`` (risk class, percentiles, flags) with each
-    LoRA's review status and claim holder, and its NSFW label. The annotation is remembered
-    per view and thresholds (it costs ~2 s per 100k LoRAs); the review status is read each time."""
-    df = _annotated(view, thresholds)
-    status = review.status_frame(get_store(), view)[["lora_id", "status", "reviewer", "decided_at", "claimed_by"]]
-    out = df.merge(status, on="lora_id", how="left")  # a new frame: the remembered one is never modified
-    out.attrs.update(df.attrs)  # the review-region cuts
-    return out
-
-
-_ANNOTATED: dict[tuple[Any, ...], tuple[CorpusView, pd.DataFrame]] = {}
-_ANNOTATED_MAX = 4
-
-
-def _annotated(view: CorpusView, thresholds: Thresholds) -> pd.DataFrame:
-    key = (view.embedder, view.data_version, id(view), thresholds)
-    hit = _ANNOTATED.get(key)
-    if hit is not None and hit[0] is view:  # the same view object, not one that reused a freed id
-        return hit[1]
-    df = annotate(view.frame, RiskPolicy(thresholds=thresholds))
-    df["nsfw"] = df["nsfw_level"].map(lambda v: nsfw_label(None if pd.isna(v) else v))
-    while len(_ANNOTATED) >= _ANNOTATED_MAX:
-        _ANNOTATED.pop(next(iter(_ANNOTATED)))
-    _ANNOTATED[key] = (view, df)
-    return df
+    return basics.view
 
 
 @st.cache_resource(show_spinner=False)

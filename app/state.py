@@ -67,6 +67,16 @@ def url_default(key: str, default: T, *, param: str | None = None, parse: Callab
     st.session_state[key] = st.session_state.get(_KEEP + key, default)
 
 
+def url_candidate(key: str, param: str) -> str | None:
+    """The raw value :func:`url_default` would give widget ``key`` first: its current value, else
+    the URL's ``param``, else the value kept from another page. A page model reads what it names
+    in the same store session as everything else, before the widget is drawn."""
+    if key in st.session_state:
+        return st.session_state[key]
+    raw = st.query_params.get(param)
+    return raw if raw is not None else st.session_state.get(_KEEP + key)
+
+
 def keep(key: str, *, param: str | None = None, fmt: Callable[[Any], str | None] = str) -> Any:
     """After drawing widget ``key``: keep its value for other pages and write it to the URL
     (``fmt`` returning None removes the parameter)."""

@@ -11,12 +11,12 @@ from app.state import keep, url_default
 from carlos.config import Thresholds
 from carlos.core.view import CorpusView
 from carlos.review import workflow as review
-from carlos.review.access import CurrentUser
 
 
-def threshold_sidebar(view: CorpusView, user: CurrentUser | None = None) -> Thresholds:
-    """Strength max / Consistency min sliders (starting at the saved thresholds) in the sidebar."""
-    saved = review.current_thresholds(get_store())
+def threshold_sidebar(view: CorpusView, saved: Thresholds | None = None) -> Thresholds:
+    """Strength max / Consistency min sliders (starting at the team's ``saved`` thresholds, which a
+    page model read with the rest of the page; read here when not given) in the sidebar."""
+    saved = review.current_thresholds(get_store()) if saved is None else saved
     s_hi = float(max(view.frame["strength"].max(), saved.strength_max or 0) * 1.05 + 0.5)
     c_hi = float(max(view.frame["consistency"].max(), saved.consistency_min or 0) * 1.05 + 0.01)
 

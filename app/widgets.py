@@ -14,15 +14,9 @@ import streamlit as st
 from app.access import write_note
 from app.state import flash
 from app.text import literal
-from carlos.characterize import results
-from carlos.config import CORPUS_EMBEDDER, Thresholds
-from carlos.core.comparability import comparability
-from carlos.core.risk import RiskPolicy
 from carlos.errors import CarlosError
 from carlos.review import workflow as review
 from carlos.review.access import CurrentUser
-from carlos.search import lookup
-from carlos.search.views import corpus_view
 from carlos.store.store import Store
 
 
@@ -57,42 +51,16 @@ def hidden_toggle(n_hidden: int, what: str, key: str, by: str = "the current thr
     return st.toggle(f"Show the {n_hidden} {what} removed by {by}", key=key)
 
 
-def representations_table(store: Store, lora_id: str, thresholds: Thresholds | None = None) -> None:
-    """Every representation of one LoRA with its percentiles (within its own space), 95 %
-    intervals and risk class with confidence (local characterizations; corpus rows have no
-    per-pair data) and provenance; an explained empty state when it was never characterized."""
-    reps = lookup.representations(store, lora_id)
-    if not reps:
+def representations_table(table: pd.DataFrame, warnings: tuple[str, ...] = ()) -> None:
+    """Every representation of one LoRA (``DetailModel.representations``: percentiles within its
+    own space, 95 % intervals and risk class with confidence for local characterizations, provenance);
+    an explained empty state when it was never characterized."""
+    if table.empty:
         st.info("Not characterized yet: no Direction, Strength or Consistency for this LoRA.")
         return
-    rows = []
-    for rep in reps:
-        ann = corpus_view(store, rep.embedder).annotated(RiskPolicy(thresholds=thresholds or Thresholds()))
-        cuts = (ann.attrs["review_strength_min"], ann.attrs["review_consistency_min"])  # the review region of this space
-        pct = ann.set_index("lora_id")
-        p = pct.loc[lora_id] if lora_id in pct.index else {}
-        prov = rep.provenance
-        iv = results.interval_fields(rep, thresholds or Thresholds(), cuts)
-        bounds = {k: (iv["uncertainty"] or {}).get(f"{k}_interval") for k in ("strength", "consistency")}
-        rows.append(
-            {
-                "space": rep.embedder,
-                "Strength": rep.strength,
-                "Str 95%": "—" if bounds["strength"] is None else "{:.3f}–{:.3f}".format(*bounds["strength"]),
-                "Str pct": p.get("strength_pct"),
-                "Consistency": rep.consistency,
-                "Cons 95%": "—" if bounds["consistency"] is None else "{:.4f}–{:.4f}".format(*bounds["consistency"]),
-                "Cons pct": p.get("consistency_pct"),
-                "Risk (confidence)": iv["risk_confidence"],
-                "comparable with the corpus": comparability(rep.embedder, prov).message(),
-                "pairs": rep.n_samples,
-                **{k: prov.get(k) for k in ("protocol", "backend", "prompt_set", "steps", "scale", "source")},
-                "computed": prov.get("created_at"),
-            }
-        )
     pct_col = st.column_config.NumberColumn(format="%.0f")
     st.dataframe(
-        pd.DataFrame(rows),
+        table,
         hide_index=True,
         width="stretch",
         column_config={
@@ -102,20 +70,18 @@ def representations_table(store: Store, lora_id: str, thresholds: Thresholds | N
             "Consistency": st.column_config.NumberColumn(format="%.4f"),
         },
     )
-    for rep in reps:
-        comp = comparability(rep.embedder, rep.provenance)
-        if not comp.comparable and rep.embedder == CORPUS_EMBEDDER:
-            st.warning(f"{rep.embedder}, {rep.provenance.get('protocol')} protocol: {comp.message()}.")
+    for text in warnings:
+        st.warning(text)
     st.caption(
         "Percentiles: share of the LoRAs in the same space at or below this value. 95%: intervals of the "
         "full-protocol value from this run's prompts (prompts as clusters); corpus rows have no per-pair data."
     )
 
 
-def decision_panel(store: Store, lora_id: str, user: CurrentUser) -> None:
-    """Claim, then approve / flag / escalate / reopen with a note; read-only with the reason."""
+def decision_panel(store: Store, lora_id: str, user: CurrentUser, holder: str | None) -> None:
+    """Claim, then approve / flag / escalate / reopen with a note; read-only with the reason.
+    ``holder``: who holds the claim now (read with the page's model)."""
     write_note(user)
-    holder = review.claim_holder(store, lora_id)
     if holder is None:
         if st.button("Claim for review", key="detail_claim", disabled=not user.can_write):
             with explained("claim this LoRA"):

@@ -16,6 +16,7 @@ from carlos.characterize import fingerprints, jobs, results
 from carlos.characterize.engine import PROTOCOLS
 from carlos.config import Thresholds
 from carlos.core.comparability import comparability
+from carlos.pagemodels.characterize import read_job, read_recent_jobs
 from carlos.search import lookup
 from carlos.search.capabilities import sdxl_weights
 from carlos.viz.adaptive import narrowing_figure
@@ -115,10 +116,13 @@ def progress_panel() -> None:
     job_id = st.session_state.get("char_job")
     if job_id is None:
         return
-    job = results.job(store, job_id)
+    panel = read_job(store, job_id)  # one store session per refresh
+    job = panel.job
+    if job is None:
+        return
     st.subheader(f"Job #{job_id}: {job['status']}")
     st.progress(job["done"] / max(job["total"], 1), text=f"{job['done']} of {job['total']} pairs")
-    live = results.adaptive_progress(store, job)  # adaptive: the rule's state after each round
+    live = panel.adaptive  # adaptive: the rule's state after each round
     if live is not None:
         (st.success if live.stopped else st.info)(live.message)
         if len(live.rounds):
@@ -131,7 +135,7 @@ def progress_panel() -> None:
     elif job["status"] == "failed":
         st.error(f"Failed: {literal(job['error'])}")
     elif job["status"] == "finished":
-        rep = results.representation_of_job(store, job)
+        rep = panel.representation
         if rep is not None:
             c = st.columns(3)
             c[0].metric("Strength", f"{rep.strength:.3f}")
@@ -153,7 +157,7 @@ def progress_panel() -> None:
 
 
 progress_panel()
-recent = results.recent_jobs(store, limit=20)
+recent = read_recent_jobs(store)
 if len(recent):
     st.subheader("Recent jobs")
     st.dataframe(

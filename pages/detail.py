@@ -9,18 +9,15 @@ import pandas as pd
 import streamlit as st
 
 from app.navigation import page_setup
-from app.resources import corpus_frame, get_store, require_corpus
-from app.state import keep, url_default
+from app.resources import get_store, require_corpus
+from app.state import keep, url_candidate, url_default
 from app.text import code, literal
 from app.thresholds import threshold_sidebar
 from app.widgets import civitai_url, decision_panel, detail_url, hidden_toggle, image_pairs, representations_table
-from carlos.characterize import fingerprints, results
-from carlos.core import ranking
+from carlos.pagemodels.common import names as page_names
+from carlos.pagemodels.detail import build_detail, read_detail
 from carlos.report import export as case_files
-from carlos.review import workflow as review
-from carlos.search import lookup
 from carlos.viz import figures as plots
-from carlos.viz import mapview
 from carlos.viz import weights as weight_figures
 from carlos.viz.uncertainty import interval_figure
 
@@ -30,29 +27,33 @@ except ImportError:  # textual baselines not installed: the raw text is shown as
     clean_text = None
 
 user = page_setup()
-store, view = get_store(), require_corpus()
-thresholds = threshold_sidebar(view)
-frame = corpus_frame(view, thresholds).set_index("lora_id", drop=False)
-names = dict(zip(frame["lora_id"], frame["name"]))
-
-url_default("detail_lora", None, param="lora", parse=lambda key: lookup.resolve(store, key))
-if st.session_state["detail_lora"] not in names and st.session_state["detail_lora"] is not None:
-    names[st.session_state["detail_lora"]] = st.session_state["detail_lora"]  # no representation yet
+store = get_store()
+data = read_detail(store, url_candidate("detail_lora", "lora"))  # the page's one store read
+view = require_corpus(data.basics)
+names = page_names(view)
+url_default("detail_lora", None, param="lora", parse=data.resolve)
+lid = st.session_state["detail_lora"]
+if lid is not None and lid != data.lora_id:  # a bad link fell back to the LoRA kept from another page
+    data = read_detail(store, lid)
+thresholds = threshold_sidebar(view, data.basics.saved)
+options = list(names) if lid is None or lid in names else [*names, lid]  # an upload without a representation
 lid = st.selectbox(
     "LoRA (type to search by name)",
-    list(names),
+    options,
     key="detail_lora",
     index=None,
-    format_func=lambda i: f"{names[i]} ({i})",
+    format_func=lambda i: f"{names.get(i, i)} ({i})",
     placeholder="Choose a LoRA",
 )
 keep("detail_lora", param="lora", fmt=lambda v: v or None)
 if lid is None:
     st.info("Choose a LoRA above, or open one from the Risk, Map or Review pages.")
     st.stop()
+if lid != data.lora_id:  # chosen in the box on this run
+    data = read_detail(store, lid)
 
-lora = lookup.lora(store, lid)
-row = frame.loc[lid] if lid in frame.index else None
+model = build_detail(data, thresholds)
+lora, row = data.lora, model.row
 st.title(literal(lora.get("name") or lid))  # creator text: shown as its characters
 url = civitai_url(lora.get("model_id"), lora.get("version_id"))
 st.caption(
@@ -64,8 +65,8 @@ c = st.columns(4)
 c[0].metric("NSFW", row["nsfw"] if row is not None else "unknown")
 c[1].metric("Downloads", "—" if pd.isna(lora.get("download_count")) else f"{int(lora['download_count']):,}")
 c[2].metric("Risk class", row["risk_class"] if row is not None else "not characterized")
-c[3].metric("Review status", review.status_of(store, lid))
-on_map = (mapview.regions_of(store, view, [lid]) or {}).get(lid)  # the default map's region, when a map is cached
+c[3].metric("Review status", data.status)
+on_map = data.region  # the default map's region, when a map is cached
 if on_map is not None:
     st.page_link(
         "pages/map.py",
@@ -98,47 +99,51 @@ if report:
     with st.expander("All declared metadata"):
         st.json(report.get("metadata") or {})
 
-weight_links, weight_stats = fingerprints.weight_matches(store, lid), fingerprints.weight_stats(store, lid)
-if weight_links or weight_stats:
+if data.weight_links or data.weight_stats:
     st.subheader("Weights")
-    for m in weight_links:  # "same weights as …" / "shares modules with …", with the other's review status
+    for m in data.weight_links:  # "same weights as …" / "shares modules with …", with the other's review status
         st.markdown(f"{'⚠️ ' if m.status in ('flagged', 'escalated') else ''}{literal(m.text)} · [open]({detail_url(m.lora_id)})")
-    if weight_stats:
-        st.plotly_chart(weight_figures.block_energy_figure(weight_stats), key="weight_energy")
-        st.caption(weight_figures.block_energy_caption(weight_stats))
+    if data.weight_stats:
+        st.plotly_chart(weight_figures.block_energy_figure(data.weight_stats), key="weight_energy")
+        st.caption(weight_figures.block_energy_caption(data.weight_stats))
 
 st.subheader("Representations")
-representations_table(store, lid, thresholds)
-intervals = results.representation_intervals(store, lid)
-if not intervals.empty:
-    st.plotly_chart(interval_figure(intervals, thresholds), key="interval_bars")
+representations_table(model.representations, model.comparability_warnings)
+if not model.intervals.empty:
+    st.plotly_chart(interval_figure(model.intervals, thresholds), key="interval_bars")
     st.caption(
         "Points: the stored values; bars: 95% intervals of the full-protocol values, with the prompts of the "
         "run as independent draws (delete-one-prompt jackknife). Dashed: the thresholds in force."
     )
-flags = list(row["flags"]) if row is not None else []
-for f in flags:
+for f in model.flags:
     st.warning(f"Flag: {literal(f)}")
 
 # --- local characterization: per-category Strength and image pairs (empty for corpus LoRAs) ---
-pairs = results.pair_results(store, lid)
-if not pairs.empty:
+if not data.pairs.empty:
     st.subheader("Per-category Strength")
-    st.plotly_chart(plots.category_strength_bar(pairs), key="cat_bar")
-    thumbs = results.thumbnails(store, lid)
-    if not thumbs.empty:
+    st.plotly_chart(plots.category_strength_bar(data.pairs), key="cat_bar")
+    if not data.thumbs.empty:
         st.subheader("Base / LoRA image pairs")
-        image_pairs(thumbs, reveal=st.toggle("Reveal images (blurred until revealed)", key="detail_reveal"))
+
+        @st.fragment
+        def pairs_panel() -> None:
+            """The reveal toggle reruns only the image grid."""
+            image_pairs(data.thumbs, reveal=st.toggle("Reveal images (blurred until revealed)", key="detail_reveal"))
+
+        pairs_panel()
 else:
     st.caption(
         "No per-pair data: this LoRA was not characterized on this machine (corpus LoRAs come "
         "with the authors' Direction, Strength and Consistency only)."
     )
 
-if row is not None:
+
+@st.fragment
+def neighbours_panel() -> None:
+    """The neighbour count and the excluded-neighbours toggle rerun only this part (no store read)."""
     st.subheader("Behaves like …")
     k = st.slider("Neighbours", 3, 50, 10, key="detail_k")
-    res = ranking.similar(view, lid, thresholds=thresholds, top_k=k)
+    res = model.neighbours(k)
     hits = res.hits + (res.excluded if hidden_toggle(res.n_excluded, "neighbours", "detail_show_excl") else [])
     nb = pd.DataFrame([h.to_dict() for h in hits])
     if len(nb):
@@ -154,13 +159,18 @@ if row is not None:
             },
         )
 
+
+if row is not None:
+    neighbours_panel()
+
 st.subheader("Review")
-decision_panel(store, lid, user)
-history = review.history(store, lid)
-if history.empty:
+decision_panel(store, lid, user, data.claim_holder)
+if data.history.empty:
     st.caption("No decisions on this LoRA yet.")
 else:
-    st.dataframe(history[["created_at", "reviewer", "action", "status_before", "status_after", "note"]], hide_index=True, width="stretch")
+    st.dataframe(
+        data.history[["created_at", "reviewer", "action", "status_before", "status_after", "note"]], hide_index=True, width="stretch"
+    )
 
 # --- case file: this page's facts with provenance and a sha256, made when a button is clicked ---
 st.subheader("Case file")

@@ -20,6 +20,7 @@ from carlos.evaluate.harness import (
     relevance_figure,
     relevance_frame,
 )
+from carlos.pagemodels.corpus_pages import read_basics_only
 from carlos.search.retrievers import LABELS
 
 user = page_setup()
@@ -29,8 +30,9 @@ st.caption(
     "Normalized Entropy (1 = every slot a different LoRA) and Effective LoRA Count (exp of the "
     "entropy). A retriever that keeps returning the same few LoRAs scores low."
 )
-view = require_corpus()
-thresholds = threshold_sidebar(view, user)
+basics = read_basics_only(get_store())  # the page's one store read
+view = require_corpus(basics)
+thresholds = threshold_sidebar(view, basics.saved)
 status = {s.name: s for s in search_service().status()}
 usable = [r for r, s in status.items() if s.available]
 with st.sidebar:

@@ -8,11 +8,13 @@ import streamlit as st
 
 from app.access import write_note
 from app.navigation import DETAIL_PAGE, page_setup
-from app.resources import corpus_frame, get_store, require_corpus
+from app.resources import get_store, require_corpus
 from app.state import choice, colour_choices, ids_param, keep, last_search, parse_ids, url_default
 from app.text import literal
 from app.thresholds import threshold_sidebar
 from app.widgets import explained
+from carlos.pagemodels.common import names as page_names
+from carlos.pagemodels.corpus_pages import read_map
 from carlos.viz import clusters, map_layers, maps, mapview
 from carlos.viz import figures as plots
 
@@ -23,12 +25,23 @@ st.caption(
     "the same way sit together, whatever their names say."
 )
 
-store, view = get_store(), require_corpus()
-thresholds = threshold_sidebar(view)
+
+def state_config() -> maps.MapConfig:
+    """The UMAP parameters of this session's widgets (the defaults before they are drawn)."""
+    ss = st.session_state
+    return maps.MapConfig(
+        n_neighbors=int(ss.get("map_nn", 15)), min_dist=float(ss.get("map_md", 0.1)), n_epochs=int(ss.get("map_ep", 0)) or None
+    )
+
+
+store = get_store()
+data = read_map(store, state_config())  # the page's one store read (a link with other parameters reads once more)
+view = require_corpus(data.basics)
+thresholds = threshold_sidebar(view, data.basics.saved)
 search = last_search()
 colours = colour_choices(["risk class", "Strength", "Consistency", "review status", "NSFW level"])
-frame = corpus_frame(view, thresholds)
-names = dict(zip(frame["lora_id"], frame["name"]))
+frame = data.frame(thresholds)
+names = page_names(view)
 with st.sidebar:
     url_default("map_colour", "risk class", param="colour", parse=choice(colours))
     colour = st.selectbox("Colour by", colours, key="map_colour")
@@ -50,10 +63,12 @@ with st.sidebar:
         ep = st.number_input("Epochs (0: UMAP's default)", 0, 2000, step=50, key="map_ep")
         keep("map_ep", param="ep", fmt=lambda v: str(v) if v else None)
 
-cmap = None
-with explained("load the map"):
-    config = maps.MapConfig(n_neighbors=int(nn), min_dist=float(md), n_epochs=int(ep) or None)
-    cmap = mapview.current_map(store, view, config)
+config = maps.MapConfig(n_neighbors=int(nn), min_dist=float(md), n_epochs=int(ep) or None)
+if config != data.config:  # the link's parameters differ from what this session had
+    data = read_map(store, config)
+if data.map_error:
+    st.error(f"Could not load the map: {literal(data.map_error)}")
+cmap = data.map
 if cmap is None:
     default = config == maps.MapConfig()
     st.info(
@@ -70,7 +85,7 @@ if cmap is None:
 if cmap is None:
     st.stop()
 
-with explained("name the map's regions"):
+with explained("name the map's regions"):  # named when the map was read (or fitted on this run): remembered, no store read
     regions = clusters.corpus_clusters(store, view, cmap, risk=frame["risk_class"].tolist())
 frame = mapview.with_regions(frame.merge(cmap.frame, on="lora_id", how="left"), regions)
 if colour == "search score":

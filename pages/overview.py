@@ -7,12 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from app.navigation import page_setup
-from app.resources import capabilities, corpus_frame, get_store, require_corpus
+from app.resources import capabilities, get_store, require_corpus
 from app.thresholds import fmt_threshold
 from app.widgets import lora_table
 from carlos.core.risk import RISK_CLASSES, RiskPolicy, corpus_stats
-from carlos.data.corpus import import_history
-from carlos.review import workflow as review
+from carlos.pagemodels.corpus_pages import read_overview
 
 page_setup()
 st.title("CARLoS — LoRAs by what they do")
@@ -20,9 +19,9 @@ st.caption(
     "Direction (what a LoRA changes), Strength (how much: substantiality) and Consistency (how reliably: volition), measured in CLIP space."
 )
 
-store = get_store()
-view = require_corpus()
-thresholds = review.current_thresholds(store)
+data = read_overview(get_store())  # the page's one store read
+view = require_corpus(data.basics)
+thresholds = data.basics.saved
 stats = corpus_stats(view.frame, view.embedder, RiskPolicy(thresholds=thresholds))
 
 c = st.columns(4)
@@ -30,7 +29,7 @@ c[0].metric("LoRAs", stats.loras)
 c[1].metric(f"Too strong (Str > {fmt_threshold(stats.strength_max)})", stats.over_strength)
 c[2].metric(f"Too unstable (Cons < {fmt_threshold(stats.consistency_min)})", stats.under_consistency)
 c[3].metric("Retained for retrieval", stats.retained)
-for imp in import_history(store):
+for imp in data.imports:
     st.caption(
         f"Source: {imp['source']} (sha256 {imp['file_sha256'][:12]}…, {imp['rows']} rows, "
         f"imported {imp['imported_at']:%Y-%m-%d %H:%M}); space {view.embedder}; "
@@ -51,7 +50,7 @@ with left:
     )
 with right:
     st.subheader("Thresholds and risk classes")
-    hist = review.threshold_history(store, limit=1)
+    hist = data.saved_by
     who = (
         "the paper's defaults (no reviewer has saved any)"
         if hist.empty
@@ -64,7 +63,7 @@ with right:
     st.caption("Review = retained, and in the upper quartile of both Strength and Consistency.")
 
 st.subheader("Recent review activity")
-recent = review.history(store, limit=10)
+recent = data.recent
 if recent.empty:
     st.caption("No review decisions yet. Flag LoRAs on the Risk page or decide on a LoRA's detail page.")
 else:
@@ -73,4 +72,4 @@ else:
     )
 
 st.subheader("All LoRAs")
-lora_table(corpus_frame(view, thresholds).sort_values("strength", ascending=False))
+lora_table(data.frame(thresholds).sort_values("strength", ascending=False))

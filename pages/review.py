@@ -12,14 +12,17 @@ from app.navigation import page_setup
 from app.resources import get_store, require_corpus
 from app.state import choice, keep, url_default
 from app.widgets import detail_url, hidden_toggle
+from carlos.pagemodels.common import names as page_names
+from carlos.pagemodels.corpus_pages import read_review
 from carlos.report import export as case_files
-from carlos.review import weight_groups
 from carlos.review import workflow as review
 
 user = page_setup()
 st.title("Review queue & audit log")
-store, view = get_store(), require_corpus()
-names = dict(zip(view.frame["lora_id"], view.frame["name"]))
+store = get_store()
+data = read_review(store)  # the page's one store read
+view = require_corpus(data.basics)
+names = page_names(view)
 
 with st.sidebar:
     st.subheader("Queue")
@@ -32,8 +35,8 @@ with st.sidebar:
 
 # -- the queue ----------------------------------------------------------------------------------------
 st.subheader("Queue")
-all_items = review.status_frame(store, view)
-queue = review.review_queue(store, view, statuses=statuses, near_duplicate_cos=cos) if statuses else all_items[:0]
+all_items = review.statuses_of(view, data.statuses)
+queue = review.queue_of(view, all_items, statuses=statuses, near_duplicate_cos=cos) if statuses else all_items[:0]
 reviewers = sorted(set(all_items["reviewer"].dropna()) | set(all_items["claimed_by"].dropna()))
 url_default("rq_reviewer", "anyone", param="reviewer", parse=choice(["anyone", *reviewers]))
 who = st.selectbox("Last decided or claimed by", ["anyone", *reviewers], key="rq_reviewer")
@@ -41,7 +44,7 @@ keep("rq_reviewer", param="reviewer", fmt=lambda v: None if v == "anyone" else v
 if who != "anyone" and len(queue):
     queue = queue[(queue["reviewer"] == who) | (queue["claimed_by"] == who)]
 if hidden_toggle(len(all_items) - len(queue), "LoRAs", "rq_show_all", by="the status and reviewer filters"):
-    queue = review.review_queue(store, view, statuses=review.STATUSES, near_duplicate_cos=cos)
+    queue = review.queue_of(view, all_items, statuses=review.STATUSES, near_duplicate_cos=cos)
 if queue.empty:
     st.info("Nothing in the queue for these filters. Flag LoRAs on the Risk page or a LoRA's detail page.")
 else:
@@ -104,7 +107,7 @@ else:
 
 # -- weight-space copies ----------------------------------------------------------------------------------
 st.subheader("Same weights, other files")
-copies = weight_groups.weight_groups(store)
+copies = data.weight_groups
 if copies.empty:
     st.caption("No weight-space matches stored yet: every validated upload is fingerprinted and compared with the stored ones.")
 else:
@@ -132,7 +135,7 @@ else:
 
 # -- the audit log ----------------------------------------------------------------------------------------
 st.subheader("Audit log")
-log = review.history(store)
+log = data.log
 if log.empty:
     st.caption("No decisions recorded yet. The log is append-only: decisions are never edited or deleted.")
     st.stop()
@@ -154,12 +157,18 @@ shown["change"] = shown["status_before"] + " → " + shown["status_after"]
 st.dataframe(shown[["created_at", "reviewer", "name", "action", "change", "note", "lora_id"]], hide_index=True, width="stretch")
 d = st.columns(2)
 d[0].download_button(
-    "Download the whole log (CSV)", review.export_audit_log(store, "csv"), "carlos-audit-log.csv", "text/csv", key="log_csv"
+    "Download the whole log (CSV)",
+    partial(review.audit_log_bytes, log, "csv"),  # made on click, from the log read above
+    "carlos-audit-log.csv",
+    "text/csv",
+    key="log_csv",
+    on_click="ignore",
 )
 d[1].download_button(
     "Download the whole log (Parquet)",
-    review.export_audit_log(store, "parquet"),
+    partial(review.audit_log_bytes, log, "parquet"),
     "carlos-audit-log.parquet",
     "application/vnd.apache.parquet",
     key="log_parquet",
+    on_click="ignore",
 )

@@ -7,13 +7,15 @@ import streamlit as st
 
 from app.access import write_note
 from app.navigation import page_setup
-from app.resources import corpus_frame, get_store, require_corpus
+from app.resources import get_store, require_corpus
 from app.state import choice, colour_choices, flash, ids_param, keep, last_search, parse_ids, url_default
 from app.text import literal
 from app.thresholds import fmt_threshold, threshold_sidebar
 from app.widgets import explained, lora_table
 from carlos.characterize import results
 from carlos.core.risk import RiskPolicy, corpus_stats
+from carlos.pagemodels.common import names as page_names
+from carlos.pagemodels.corpus_pages import read_risk
 from carlos.review import workflow as review
 from carlos.viz import figures as plots
 
@@ -25,8 +27,10 @@ st.caption(
     "deserve review; weak or inconsistent ones are unlikely to reproduce protected elements."
 )
 
-store, view = get_store(), require_corpus()
-thresholds = threshold_sidebar(view)
+store = get_store()
+data = read_risk(store)  # the page's one store read
+view = require_corpus(data.basics)
+thresholds = threshold_sidebar(view, data.basics.saved)
 colours = colour_choices(["risk class", "NSFW level", "review status"])
 with st.sidebar:
     url_default("risk_axes", "values", param="axes", parse=choice(plots.AXES))
@@ -38,7 +42,7 @@ with st.sidebar:
     colour = st.selectbox("Colour by", colours, key="risk_colour")
     keep("risk_colour", param="colour", fmt=lambda v: None if v == "risk class" else v)
 
-frame = corpus_frame(view, thresholds)
+frame = data.frame(thresholds)
 if colour == "search score":
     frame["score"] = frame["lora_id"].map(last_search()["scores"])
 stats = corpus_stats(view.frame, view.embedder, RiskPolicy(thresholds=thresholds))
@@ -56,38 +60,48 @@ st.caption(
 
 cuts = (frame.attrs["review_strength_min"], frame.attrs["review_consistency_min"])
 # uploads characterized here carry 95% intervals and a risk class with its confidence (corpus rows: none)
-intervals = results.interval_frame(store, frame, thresholds, cuts)
+intervals = results.interval_frame(frame, data.uncertainties, thresholds, cuts)
 frame = frame.merge(intervals, on="lora_id", how="left")
 frame["risk_confidence"] = frame["risk_confidence"].fillna(results.NO_INTERVAL)
-fig = plots.risk_scatter(frame, thresholds, axes=axes, colour=colour, review_cuts=cuts)
-event = st.plotly_chart(fig, key="risk_scatter", on_select="rerun", selection_mode=("box", "lasso"))
-if len(intervals):
-    st.caption(
-        f"Error bars: 95% intervals of the {len(intervals)} upload(s) characterized here"
-        + (" (shown on the value axes)" if axes != "values" else "")
-        + "; corpus LoRAs have no per-pair data, so no interval."
-    )
-different = frame[frame["measured_differently"].fillna(False).astype(bool)] if "measured_differently" in frame else frame[:0]
-if len(different):
-    st.warning(
-        f"{len(different)} LoRA(s) on this scatter were measured differently from the corpus (another prompt set, "
-        "noise or model): not directly comparable with it, and the paper's thresholds do not transfer. "
-        'Their rows carry the flag "measured differently from the corpus".'
-    )
+names = page_names(view)
 
-# selection: the chart's box/lasso, else the link's ?sel=…; editable before flagging
-names = dict(zip(frame["lora_id"], frame["name"]))
-chart_ids = plots.selected_ids(event.selection if event else None)
-if chart_ids and chart_ids != st.session_state.get("_risk_chart_ids"):
-    st.session_state["risk_sel"] = chart_ids
-st.session_state["_risk_chart_ids"] = chart_ids
-url_default("risk_sel", [], param="sel", parse=lambda t: [i for i in parse_ids(t) if i in names])
-st.subheader("Selected LoRAs")
-selected = st.multiselect(
-    "Box- or lasso-select points on the chart, or pick LoRAs here", list(names), key="risk_sel", format_func=lambda i: f"{names[i]} ({i})"
-)
-keep("risk_sel", param="sel", fmt=ids_param)
-if selected:
+
+@st.fragment
+def scatter_and_selection() -> None:
+    """The scatter, its selection and the bulk flag: a box or lasso reruns only this part."""
+    fig = plots.risk_scatter(frame, thresholds, axes=axes, colour=colour, review_cuts=cuts)
+    event = st.plotly_chart(fig, key="risk_scatter", on_select="rerun", selection_mode=("box", "lasso"))
+    if len(intervals):
+        st.caption(
+            f"Error bars: 95% intervals of the {len(intervals)} upload(s) characterized here"
+            + (" (shown on the value axes)" if axes != "values" else "")
+            + "; corpus LoRAs have no per-pair data, so no interval."
+        )
+    different = frame[frame["measured_differently"].fillna(False).astype(bool)] if "measured_differently" in frame else frame[:0]
+    if len(different):
+        st.warning(
+            f"{len(different)} LoRA(s) on this scatter were measured differently from the corpus (another prompt set, "
+            "noise or model): not directly comparable with it, and the paper's thresholds do not transfer. "
+            'Their rows carry the flag "measured differently from the corpus".'
+        )
+
+    # selection: the chart's box/lasso, else the link's ?sel=…; editable before flagging
+    chart_ids = plots.selected_ids(event.selection if event else None)
+    if chart_ids and chart_ids != st.session_state.get("_risk_chart_ids"):
+        st.session_state["risk_sel"] = chart_ids
+    st.session_state["_risk_chart_ids"] = chart_ids
+    url_default("risk_sel", [], param="sel", parse=lambda t: [i for i in parse_ids(t) if i in names])
+    st.subheader("Selected LoRAs")
+    selected = st.multiselect(
+        "Box- or lasso-select points on the chart, or pick LoRAs here",
+        list(names),
+        key="risk_sel",
+        format_func=lambda i: f"{names[i]} ({i})",
+    )
+    keep("risk_sel", param="sel", fmt=ids_param)
+    if not selected:
+        st.caption("Nothing selected.")
+        return
     lora_table(frame.set_index("lora_id").loc[selected].reset_index(), key="risk_selected_table")
     write_note(user)
     with st.form("bulk_flag"):
@@ -99,9 +113,10 @@ if selected:
             flash("success", f"Flagged {len(res['flagged'])} LoRA(s) as {user.name}.")
             for lid, why in res["skipped"]:
                 flash("warning", f"Skipped {literal(names.get(lid, lid))}: {why}.")
-            st.rerun()
-else:
-    st.caption("Nothing selected.")
+            st.rerun()  # the whole page: counts, colours and statuses change
+
+
+scatter_and_selection()
 
 st.subheader("Save these thresholds")
 st.caption(
@@ -117,7 +132,7 @@ if save:
         review.set_thresholds(store, thresholds, user, t_note or None)
         flash("success", f"Saved the thresholds as {user.name}.")
         st.rerun()
-history = review.threshold_history(store)
+history = data.threshold_history
 if history.empty:
     st.caption("No reviewer has saved thresholds yet: the paper's 9.8 / 0.041 apply.")
 else:

@@ -12,13 +12,15 @@ from app.text import literal
 from app.thresholds import threshold_sidebar
 from app.widgets import detail_url, explained, hidden_toggle
 from carlos.core.untrusted import csv_bytes
+from carlos.pagemodels.corpus_pages import read_basics_only, read_regions
+from carlos.pagemodels.search import search as search_results
 from carlos.search.retrievers import LABELS, RETRIEVERS, SearchConfig
-from carlos.viz import mapview
 
 user = page_setup()
 st.title("Search LoRAs by what they do")
-view = require_corpus()
-thresholds = threshold_sidebar(view, user)
+basics = read_basics_only(get_store())  # the page's one store read
+view = require_corpus(basics)
+thresholds = threshold_sidebar(view, basics.saved)
 service = search_service()
 status = {s.name: s for s in service.status()}
 
@@ -63,7 +65,7 @@ if not query.strip():
 
 def run(name: str):
     with st.spinner(f"{LABELS[name]}…"):
-        return service.search(query, SearchConfig(retriever=name, top_k=top_k, thresholds=thresholds))
+        return search_results(service, view, query, SearchConfig(retriever=name, top_k=top_k, thresholds=thresholds))
 
 
 def table(result, only_here: set[str] | None = None, key: str = "") -> None:
@@ -78,7 +80,7 @@ def table(result, only_here: set[str] | None = None, key: str = "") -> None:
         if only_here is not None:
             rows["name"] = [("★ " if lid in only_here else "") + n for lid, n in zip(rows["lora_id"], rows["name"])]
         # score first and the name at medium width: side by side at 1440 px both tables show rank, score, name and link
-        on_map = mapview.regions_of(get_store(), view, rows["lora_id"].tolist())  # None: no map cached
+        on_map = read_regions(get_store(), view, rows["lora_id"].tolist())  # None: no map cached
         rows["region"] = rows["lora_id"].map(lambda i: on_map[i][1] if i in on_map else "") if on_map is not None else None
         shown = ["rank", "score", "name", "open", *(["region"] if on_map is not None else [])]
         shown += ["strength", "consistency", "strength_pct", "consistency_pct", "flags"]

@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from carlos.bench.serve import free_port, serve, streamlit_command
 from carlos.config import REPO_ROOT
+from carlos.serving import free_port, serve, streamlit_command
 
 OUT = REPO_ROOT / "docs" / "screenshots"
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'

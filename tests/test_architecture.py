@@ -27,6 +27,8 @@ STAGES = (
     "viz",
     "bench",
     "report",
+    "pagemodels",
+    "serving",
     "cli",
 )
 FLAT_ALLOWED = {"__init__.py", "__main__.py", "config.py", "errors.py"}

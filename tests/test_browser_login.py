@@ -24,12 +24,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from carlos.bench.serve import free_ports, spawn, stop, streamlit_command, wait_healthy
 from carlos.config import CORPUS_EMBEDDER
 from carlos.errors import PermissionDeniedError
 from carlos.review import workflow as review
 from carlos.review.access import CurrentUser
 from carlos.search.views import corpus_view
+from carlos.serving import free_ports, spawn, stop, streamlit_command, wait_healthy
 from carlos.store.store import Store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -41,14 +41,39 @@ IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 TIMEOUT_MS = 60_000
 
+#: Count the script runs the server reports finished (ForwardMsg field 6, ``script_finished``) on
+#: every websocket of the page. A run that ends quickly may never show the "running" state in the
+#: DOM (React batches it away), so a click waits for this count instead.
+COUNT_RUNS = """(() => {
+    const finished = (buf) => {
+        const b = new Uint8Array(buf);
+        let i = 0;
+        const varint = () => { let x = 0, s = 0, c; do { c = b[i++]; x += (c & 0x7f) * 2 ** s; s += 7; } while (c & 0x80); return x; };
+        while (i < b.length) {
+            const key = varint(), field = Math.floor(key / 8), wt = key % 8;
+            if (field === 6) return true;
+            if (wt === 0) varint(); else if (wt === 1) i += 8;
+            else if (wt === 2) i += varint(); else if (wt === 5) i += 4; else return false;
+        }
+        return false;
+    };
+    window.__carlosRunsFinished = 0;
+    const Native = window.WebSocket;
+    window.WebSocket = class extends Native {
+        constructor(...args) {
+            super(...args);
+            this.addEventListener('message', (e) => {
+                const count = (buf) => { if (finished(buf)) window.__carlosRunsFinished += 1; };
+                if (e.data instanceof ArrayBuffer) count(e.data); else if (e.data instanceof Blob) e.data.arrayBuffer().then(count);
+            });
+        }
+    };
+})()"""
+
 #: Hand a button's event to the page's Streamlit widget manager, as its click handler would,
 #: minus the handler's "disabled" check: what a client that edits the page's script can send.
 SEND_CLICK = """el => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    window.__carlosRunEnded = false;
-    new MutationObserver((records, obs) => {
-        if (records.some(r => r.oldValue === 'running')) { window.__carlosRunEnded = true; obs.disconnect(); }
-    }).observe(app, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
+    window.__carlosRunsAtClick = window.__carlosRunsFinished;
     const key = Object.keys(el).find(k => k.startsWith('__reactFiber$'));
     for (let f = key && el[key]; f; f = f.return) {
         const p = f.memoizedProps || {};
@@ -149,6 +174,7 @@ def _login(browser: Any, dashboard: str, idp: str, email: str) -> tuple[Any, Any
     """A fresh browser context (its own cookies) logged in as ``email`` with the sidebar's button."""
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     context.route("**/*", _loopback_only)
+    context.add_init_script(COUNT_RUNS)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{dashboard}/detail?lora={LORA}", wait_until="domcontentloaded")
@@ -175,7 +201,7 @@ def _send_click(page: Any, name: str, *, disabled: bool = False) -> None:
     assert button.is_disabled() == disabled, f"{name!r} should be {'disabled' if disabled else 'enabled'}"
     page.wait_for_selector(IDLE)  # the button is drawn and the run that drew it has ended
     assert button.evaluate(SEND_CLICK), f"no Streamlit widget behind the button {name!r} (frontend changed?)"
-    page.wait_for_function("window.__carlosRunEnded === true")
+    page.wait_for_function("window.__carlosRunsFinished > window.__carlosRunsAtClick")
 
 
 def _decisions(store: Store) -> list[tuple[str, str, str]]:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carlos.bench.serve import free_port, serve, streamlit_command
 from carlos.config import REPO_ROOT
+from carlos.serving import free_port, serve, streamlit_command
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = REPO_ROOT / "artifacts" / "screenshots"

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from carlos.bench.common import machine_info, stamp
-from carlos.bench.serve import free_port, serve, streamlit_command
 from carlos.bench.synthetic import CorpusModel
 from carlos.config import REPO_ROOT
 from carlos.errors import InvalidInputError
+from carlos.serving import free_port, serve, streamlit_command
 
 RENDERERS = ("page", "plotly-all", "atlas")
 HARNESS = REPO_ROOT / "bench" / "map_harness.py"

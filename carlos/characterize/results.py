@@ -5,6 +5,7 @@ and an adaptive job's state round by round (:func:`adaptive_progress`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,16 +68,23 @@ def interval_fields(rep: StoredRepresentation, thresholds: Thresholds, review_cu
 INTERVAL_COLUMNS = ("strength_lo", "strength_hi", "consistency_lo", "consistency_hi", "risk_confidence")
 
 
+def stored_uncertainties(store: Store, frame: pd.DataFrame) -> dict[int, Any]:
+    """rep_id -> the stored uncertainty of each upload row of a corpus frame (one query; corpus rows have none)."""
+    if frame.empty or "rep_id" not in frame:
+        return {}
+    rows = frame[frame["source"] == "upload"] if "source" in frame else frame
+    return store.reps.provenance_field(rows["rep_id"].astype(int).tolist(), "uncertainty")
+
+
 def interval_frame(
-    store: Store, frame: pd.DataFrame, thresholds: Thresholds, review_cuts: tuple[float, float] | None = None
+    frame: pd.DataFrame, stored: dict[int, Any], thresholds: Thresholds, review_cuts: tuple[float, float] | None = None
 ) -> pd.DataFrame:
     """Per uploaded LoRA of a corpus frame (its ``rep_id`` rows), the 95 % intervals and the risk
-    class with confidence, in one query; LoRAs without stored intervals are left out."""
+    class with confidence, from :func:`stored_uncertainties`; LoRAs without stored intervals are left out."""
     cols = ["lora_id", *INTERVAL_COLUMNS]
     if frame.empty or "rep_id" not in frame:
         return pd.DataFrame(columns=cols)
     rows = frame[frame["source"] == "upload"] if "source" in frame else frame
-    stored = store.reps.provenance_field(rows["rep_id"].astype(int).tolist(), "uncertainty")
     out = []
     for lora_id, rep_id in zip(rows["lora_id"], rows["rep_id"].astype(int)):
         u = Uncertainty.from_dict(stored[rep_id]) if rep_id in stored else None
@@ -87,11 +95,11 @@ def interval_frame(
     return pd.DataFrame(out, columns=cols)
 
 
-def representation_intervals(store: Store, lora_id: str) -> pd.DataFrame:
-    """One row per representation of the LoRA that has intervals (its local characterizations),
-    newest first: label, the stored Strength and Consistency and their 95 % bounds."""
+def representation_intervals(reps: Sequence[StoredRepresentation]) -> pd.DataFrame:
+    """One row per representation with intervals (a LoRA's local characterizations, read with
+    ``store.reps.of``), in the given order: label, the stored Strength and Consistency and their 95 % bounds."""
     rows = []
-    for rep in store.reps.of(lora_id):
+    for rep in reps:
         u = uncertainty_of(rep)
         if u is None or u.strength_interval is None or u.consistency_interval is None:
             continue

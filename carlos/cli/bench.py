@@ -167,25 +167,33 @@ def _bench_review(args: argparse.Namespace) -> int:
 
 
 def _bench_load(args: argparse.Namespace) -> int:
-    from carlos.bench.load import LoadBenchConfig, load_bench_markdown, load_bench_text, run_load_bench
+    from carlos.bench.load import LoadBenchConfig, run_load_bench
+    from carlos.bench.load_report import load_bench_markdown, load_bench_text
 
+    pages = tuple(p.strip() for p in args.pages.split(",") if p.strip())
     cfg = LoadBenchConfig(
         sessions=args.sessions,
         seconds=args.seconds,
         client=args.client,
         worker=not args.no_worker,
         think_s=args.think,
+        pages=pages,
+        replicas=args.replicas,
         port=args.port,
+        seed=args.seed,
         workdir=args.workdir,
     )
     store = open_store(args) if args.db or Path(_default_db()).exists() else None
     if store is None:
         raise InvalidInputError("bench load copies an existing store: run `python -m carlos corpus import` first, or pass --db")
     bar, update = progress_bar("seconds", disabled=args.quiet or args.json or args.markdown)
-    result = run_load_bench(cfg, store.path, progress=update)
+    result = run_load_bench(cfg, store.path, baseline=args.baseline, progress=update)
     close(bar)
     cmd = f"python -m carlos bench load --sessions {args.sessions} --seconds {args.seconds:g} --client {args.client}"
     cmd += f" --think {args.think:g}" if args.think != 0.5 else ""
+    cmd += f" --replicas {args.replicas}" if args.replicas != 1 else ""
+    cmd += f" --baseline {args.baseline}" if args.baseline else ""
+    cmd += " --no-worker" if args.no_worker else ""
     result["command"] = cmd
     code = _finish(args, "load", result, load_bench_text(result), load_bench_markdown(result, cmd))
     return code if result["ok"] else 1
@@ -310,13 +318,21 @@ def register(sub: Any) -> None:
     _add_output(r)
     r.set_defaults(func=_bench_review)
 
-    lo = bsub.add_parser("load", help="concurrent dashboard sessions (searches, detail pages) while a worker writes")
+    lo = bsub.add_parser("load", help="concurrent dashboard sessions (search, detail, risk, map, review) while a worker writes")
     lo.add_argument("--sessions", type=int, default=20, help="concurrent dashboard sessions")
     lo.add_argument("--seconds", type=float, default=60.0, help="how long the sessions run")
     lo.add_argument("--client", choices=["websocket", "chromium"], default="websocket", help="what a session is")
     lo.add_argument("--no-worker", action="store_true", help="no characterization worker writing meanwhile")
     lo.add_argument("--think", type=float, default=0.5, help="each user pauses up to this many seconds between page loads")
-    lo.add_argument("--port", type=int, help="the dashboard's port (default: a free one)")
+    lo.add_argument(
+        "--replicas", type=int, default=1, help="Streamlit processes: 1 = one `streamlit run`; N >= 2: behind HAProxy, as `make serve`"
+    )
+    lo.add_argument(
+        "--baseline", metavar="REF", help="first run the same load against this git revision (a worktree), e.g. HEAD; report both"
+    )
+    lo.add_argument("--pages", default="risk,map,review", help="pages loaded without parameters besides search and detail ('' for none)")
+    lo.add_argument("--seed", type=int, default=0, help="seed of the LoRAs drawn and of the users' choices")
+    lo.add_argument("--port", type=int, help="the dashboard's public port (default: a free one)")
     lo.add_argument("--workdir", help="where the store copy and the logs go (default: a temporary folder)")
     _add_output(lo)
     lo.set_defaults(func=_bench_load)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from carlos.cli import bench, characterize, corpus, evaluate, map, prompts, ray, report, review, search, weights
+from carlos.cli import bench, characterize, corpus, evaluate, map, prompts, ray, report, review, search, serve, weights
 from carlos.errors import CarlosError, PermissionDeniedError
 
 log = logging.getLogger("carlos")
@@ -31,6 +31,7 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     map.register,
     review.register,
     report.register,
+    serve.register,
     bench.register,
 )
 

@@ -165,8 +165,12 @@ def set_thresholds(
 
 def status_frame(store: Store, view: CorpusView) -> pd.DataFrame:
     """Per LoRA of ``view``: status, last reviewer/time/note and claim holder."""
-    st = store.review.current_statuses()
-    df = view.frame[["lora_id", "name", "strength", "consistency", "sha256"]].merge(st, on="lora_id", how="left")
+    return statuses_of(view, store.review.current_statuses())
+
+
+def statuses_of(view: CorpusView, current: pd.DataFrame) -> pd.DataFrame:
+    """:func:`status_frame` from ``store.review.current_statuses()`` already read (a page model)."""
+    df = view.frame[["lora_id", "name", "strength", "consistency", "sha256"]].merge(current, on="lora_id", how="left")
     df["status"] = df["status"].fillna("unreviewed")
     return df
 
@@ -181,18 +185,28 @@ def review_queue(
     """Items with the given statuses, each with its re-uploads (same sha256) and
     near-duplicates (direction cosine ≥ ``near_duplicate_cos``), linked items in one
     ``group`` (:func:`carlos.review.duplicates.with_duplicates`: no n × n matrix)."""
+    return queue_of(view, status_frame(store, view), statuses=statuses, near_duplicate_cos=near_duplicate_cos)
+
+
+def queue_of(
+    view: CorpusView, items: pd.DataFrame, *, statuses: Iterable[str] = OPEN_STATUSES, near_duplicate_cos: float = 0.95
+) -> pd.DataFrame:
+    """:func:`review_queue` over a :func:`status_frame` already read (a page model)."""
     statuses = tuple(statuses)
     bad = set(statuses) - set(STATUSES)
     if bad:
         raise InvalidInputError(f"unknown statuses {sorted(bad)}; valid: {', '.join(STATUSES)}")
-    df = status_frame(store, view)
-    return with_duplicates(view, df, df[df["status"].isin(statuses)], near_duplicate_cos)
+    return with_duplicates(view, items, items[items["status"].isin(statuses)], near_duplicate_cos)
 
 
 def export_audit_log(store: Store, fmt: str) -> bytes:
     """The whole audit log as CSV (string cells starting with = + - @, tab or CR prefixed with
     ``'``, so a spreadsheet shows them as text) or Parquet bytes (typed, unchanged)."""
-    log = store.review.decisions()
+    return audit_log_bytes(store.review.decisions(), fmt)
+
+
+def audit_log_bytes(log: pd.DataFrame, fmt: str) -> bytes:
+    """:func:`export_audit_log` of a log already read (the review page's model, made on click)."""
     if fmt == "csv":
         return csv_bytes(log)  # formula prefixes neutralized: names and notes are untrusted text
     if fmt == "parquet":

@@ -239,23 +239,39 @@ class SearchService:
         docs = self._documents(view)
         hashes = [hashlib.sha256(d.encode("utf-8")).hexdigest()[:16] for d in docs]
         stored = self.store.caches.get_text_matrix(emb.model_id)
+        known: dict[tuple[str, str], np.ndarray] = {}  # (lora_id, text hash) -> its stored embedding
         if stored is not None:
-            ids, old_hashes, matrix = stored
-            if ids == sorted(view.ids):
-                pos = {lid: i for i, lid in enumerate(ids)}
-                order = [pos[lid] for lid in view.ids]
-                if [old_hashes[i] for i in order] == hashes:
-                    return matrix[order], emb.model_id
-        log.info("embedding %d LoRA descriptions with %s (once; stored)", len(docs), emb.model_id)
-        matrix = emb.embed(docs)
+            ids, old_hashes, old = stored
+            known = {(i, h): old[k] for k, (i, h) in enumerate(zip(ids, old_hashes))}
+        missing = [k for k, (lid, h) in enumerate(zip(view.ids, hashes)) if (lid, h) not in known]
+        if not missing and stored is not None and len(known) == len(docs):
+            return np.stack([known[(lid, h)] for lid, h in zip(view.ids, hashes)]), emb.model_id
+        # only new or changed texts are embedded: an upload joining the corpus costs one text, not all of them
+        log.info("embedding %d of %d LoRA descriptions with %s (stored)", len(missing), len(docs), emb.model_id)
+        fresh = dict(zip(missing, emb.embed([docs[k] for k in missing]))) if missing else {}
+        matrix = np.stack([fresh[k] if k in fresh else known[(lid, h)] for k, (lid, h) in enumerate(zip(view.ids, hashes))])
         order = np.argsort(view.ids)
         self.store.caches.put_text_matrix(emb.model_id, [view.ids[i] for i in order], [hashes[i] for i in order], matrix[order])
         return matrix, emb.model_id
 
     def text_scores(self, view: CorpusView, q: str, model: str | None) -> tuple[np.ndarray, str]:
         matrix, model_id = self.text_matrix(view, model)
+        return matrix @ self._text_query(q, model, model_id), model_id
+
+    def _text_query(self, q: str, model: str | None, model_id: str) -> np.ndarray:
+        """The query's text embedding, remembered like CLIP query directions (a page reruns its
+        search on every widget change; the sentence model costs ~50-80 ms a query on 2 cores)."""
+        key = _key("text-query", model_id, q)
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]  # type: ignore[no-any-return]
         qv = self.text_embedder(model).embed([q])[0]
-        return matrix @ qv, model_id
+        with self._lock:
+            self._memo[key] = qv
+            while len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        return qv
 
     # -- behaviour (text-seeded) ---------------------------------------------------------------
     def _search_behaviour(self, view: CorpusView, q: str, config: SearchConfig) -> SearchResult:

@@ -70,6 +70,11 @@ class JobRepository:
         with self._db.session() as con:
             return con.execute(sql, params).df()
 
+    def lora_ids(self) -> frozenset[str]:
+        """Every LoRA that has a job, in any state (a detail page of any other reads nothing a worker writes)."""
+        with self._db.session() as con:
+            return frozenset(r[0] for r in con.execute("SELECT DISTINCT lora_id FROM jobs").fetchall())
+
     def live_of(self, lora_id: str, backend: str, protocol: str) -> list[tuple[int, str | None]]:
         """(job_id, options JSON) of the queued, running or finished jobs of one LoRA/backend/protocol."""
         with self._db.session() as con:

@@ -55,27 +55,35 @@ def add_density(fig: go.Figure, density: Density) -> None:
 def add_region_labels(fig: go.Figure, labels: Sequence[PlacedLabel], selected: int | None = None) -> None:
     """Each placed label as an annotation (a short leader line to its centroid), and the centroids
     as one marker trace: hovering names the region, clicking one selects it (Streamlit turns a click
-    into a selection in pan or zoom mode; in box/lasso mode a click does nothing)."""
+    into a selection in pan or zoom mode; in box/lasso mode a click does nothing).
+
+    The annotations are set in one assignment: ``add_annotation`` one at a time re-validates every
+    earlier one (quadratic): 103 ms against 5.5 ms for 27 regions on a 2-core VM, the map page's largest cost."""
+    notes = []
     for lab in labels:
         chosen = lab.cluster_id == selected
-        fig.add_annotation(
-            x=lab.x,
-            y=lab.y,
-            ax=lab.ax,
-            ay=lab.ay,
-            text=plotly_literal(lab.label),
-            showarrow=True,
-            arrowhead=0,
-            arrowwidth=1,
-            arrowcolor="#555",
-            standoff=4,
-            font={**LABEL_FONT, "size": 13 if chosen else 12},
-            bgcolor="rgba(255,255,255,0.82)",
-            bordercolor=SELECTED_BORDER if chosen else "#777",
-            borderwidth=2 if chosen else 1,
-            borderpad=2,
-            name=f"region {lab.cluster_id}",
+        notes.append(
+            dict(
+                x=lab.x,
+                y=lab.y,
+                ax=lab.ax,
+                ay=lab.ay,
+                text=plotly_literal(lab.label),
+                showarrow=True,
+                arrowhead=0,
+                arrowwidth=1,
+                arrowcolor="#555",
+                standoff=4,
+                font={**LABEL_FONT, "size": 13 if chosen else 12},
+                bgcolor="rgba(255,255,255,0.82)",
+                bordercolor=SELECTED_BORDER if chosen else "#777",
+                borderwidth=2 if chosen else 1,
+                borderpad=2,
+                name=f"region {lab.cluster_id}",
+            )
         )
+    if notes:
+        fig.update_layout(annotations=[*fig.layout.annotations, *notes])
     if labels:
         fig.add_trace(
             go.Scatter(

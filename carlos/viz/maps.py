@@ -253,23 +253,28 @@ def _corpus_map(
     if len(ids) < MIN_POINTS:
         raise InvalidInputError(f"a map needs at least {MIN_POINTS} fitted LoRAs, the view has {len(ids)}")
     key = map_key(view.embedder, ids, matrix, config)
-    # 2. coordinates: store cache, else fit (one fit per key at a time in this process)
-    with _key_lock(key):
-        xy = _cached_xy(store, key, ids)
-        fitted_now = xy is None
-        if xy is None:
-            if not may_fit:
-                return None
-            if progress:
-                progress(0, 1)
-            log.info("fitting UMAP %s on %d LoRAs", key, len(ids))
-            model, xy = fit_umap(matrix, config)
-            if not store.caches.put_map(key, ids, xy):
-                log.warning("map %s is larger than the map cache's byte limit: shown now, not cached", key)
-            _remember(key, model)
-            if progress:
-                progress(1, 1)
-        model = _models.get(key)
+    # 2. coordinates: the store's cache, else fit (one fit per key at a time in this process). Reading
+    # the cache never waits on the key lock: a page reads maps inside its store session, and a fit
+    # holds the key lock while it waits for the store to save its result.
+    xy = _cached_xy(store, key, ids)
+    fitted_now = False
+    if xy is None:
+        if not may_fit:
+            return None
+        with _key_lock(key):
+            xy = _cached_xy(store, key, ids)  # another thread may have fitted it meanwhile
+            if xy is None:
+                fitted_now = True
+                if progress:
+                    progress(0, 1)
+                log.info("fitting UMAP %s on %d LoRAs", key, len(ids))
+                model, xy = fit_umap(matrix, config)
+                if not store.caches.put_map(key, ids, xy):
+                    log.warning("map %s is larger than the map cache's byte limit: shown now, not cached", key)
+                _remember(key, model)
+                if progress:
+                    progress(1, 1)
+    model = model_in_memory(key)
     cmap = CorpusMap(
         key=key, config=config, frame=pd.DataFrame(), fit_ids=ids, fit_matrix=matrix, fit_xy=xy, model=model, fitted_now=fitted_now
     )

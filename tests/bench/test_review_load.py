@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from carlos.bench.load import LoadBenchConfig, tree_cpu_seconds
+from carlos.bench.load import LoadBenchConfig
 from carlos.bench.load_clients import Outcome, check_elements, plan
+from carlos.bench.load_procs import tree_cpu_seconds
 from carlos.bench.review import ReviewBenchConfig, review_bench_markdown
 from carlos.cli.main import main
 from carlos.errors import InvalidInputError

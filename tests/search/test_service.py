@@ -105,3 +105,38 @@ def test_odd_queries(service: SearchService, tiny_store: Store, query: str) -> N
     res = service.search(query, TINY)
     assert len(res.hits) == 5 and np.isfinite([h.score for h in res.hits]).all()
     assert tiny_store.table_counts()["loras"] == before
+
+
+class CountingEmbedder:
+    """A deterministic text embedder that records how many texts it embedded."""
+
+    model_id = "counting-test"
+
+    def __init__(self) -> None:
+        self.embedded: list[int] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.embedded.append(len(texts))
+        return np.asarray([[len(t), t.count("a"), t.count("e"), 1.0] for t in texts], dtype=np.float32)
+
+
+def test_the_text_matrix_embeds_only_new_texts(store_copy: Store) -> None:
+    """An upload joining the corpus (a new data version) costs one embedding, not the whole corpus's."""
+    from carlos.search.views import corpus_view
+
+    emb = CountingEmbedder()
+    service = SearchService(store_copy, text_embedder_factory=lambda model: emb)
+    first, _ = service.text_matrix(corpus_view(store_copy), None)
+    assert emb.embedded == [740]
+    rep = store_copy.reps.of("civitai:130580")[0]
+    store_copy.loras.upsert([{"lora_id": "upload:new", "source": "upload", "name": "a new upload"}])
+    store_copy.reps.put("upload:new", rep.embedder, rep.direction, 2.0, 0.1, 70, {"protocol": "quick", "backend": "sdxl"})
+    view = corpus_view(store_copy)
+    second, _ = service.text_matrix(view, None)
+    assert emb.embedded == [740, 1] and second.shape == (741, 4)
+    fresh = SearchService(store_copy, text_embedder_factory=lambda model: emb).text_matrix(view, None)[0]
+    assert emb.embedded == [740, 1] and np.array_equal(fresh, second)  # a restarted process embeds nothing
+    with store_copy.session() as con:
+        con.execute("DELETE FROM text_embeddings")
+    scratch = SearchService(store_copy, text_embedder_factory=lambda model: emb).text_matrix(view, None)[0]
+    assert emb.embedded == [740, 1, 741] and np.array_equal(scratch, second)  # the same as embedding everything

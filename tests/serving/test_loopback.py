@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from carlos.bench.serve import ServerStartError, free_ports, serve, spawn, wait_healthy
+from carlos.serving import ServerStartError, free_ports, serve, spawn, wait_healthy
 
 
 def test_free_ports_are_distinct() -> None:

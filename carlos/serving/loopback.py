@@ -1,6 +1,7 @@
-"""Dashboards on loopback for the browser benchmarks and tests: a free port, a server in its own
-process group (so its children stop with it), a wait for Streamlit's health endpoint that fails
-with the server's log, and a stop that cannot leave a server behind."""
+"""Servers on loopback: a free port, a server in its own process group (so its children stop with
+it), a wait for Streamlit's health endpoint that fails with the server's log, and a stop that
+cannot leave a server behind. Used by ``python -m carlos serve`` (:mod:`carlos.serving.replicas`),
+the browser benchmarks and the browser tests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,24 +47,63 @@ def streamlit_command(script: str | Path, port: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(script), *args, *extra]
 
 
-def spawn(command: list[str], log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """``command`` in the repository root, in a new process group, its output in ``log``."""
+def spawn(
+    command: list[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    cwd: str | Path | None = None,
+    die_with_parent: bool = False,
+) -> subprocess.Popen:
+    """``command`` in ``cwd`` (default: the repository root), in a new process group, its output
+    in ``log``. ``die_with_parent``: the kernel sends the child SIGTERM when the thread that
+    started it ends, so a parent killed with SIGKILL leaves no server behind (Linux; call it from
+    a thread that lives as long as the child should, e.g. the main thread)."""
     with open(log, "w") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            command, cwd=REPO_ROOT, env=dict(env or os.environ), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=cwd or REPO_ROOT,
+            env=dict(env or os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_term_with_parent if die_with_parent else None,
         )
+
+
+def _term_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent thread dies (``PR_SET_PDEATHSIG``)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def stop(proc: subprocess.Popen | None, timeout_s: float = 20.0) -> None:
     """SIGTERM to the process group, SIGKILL after ``timeout_s``."""
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
+    stop_all([proc], timeout_s)
+
+
+def stop_all(procs: Sequence[subprocess.Popen | None], timeout_s: float = 20.0) -> None:
+    """:func:`stop` for several servers at once: SIGTERM to every process group, then one shared
+    wait of ``timeout_s``, then SIGKILL to the groups of those still running."""
+    running = [p for p in procs if p is not None and p.poll() is None]
+    for p in running:
+        _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for p in running:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # exited (and reaped) meanwhile
+        pass
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180.0, path: str = "/_stcore/health") -> None:

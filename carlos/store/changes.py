@@ -1,0 +1,153 @@
+"""What changed since a cached read: per-area change tokens, and the lazy session connection that sets them.
+
+Every write statement that goes through a :meth:`Store.session <carlos.store.store.Store.session>`
+replaces, before it runs and under the store's lock, the random token of the *area* its table
+belongs to in ``<db>.changes`` (a few lines of text, replaced atomically). A reader reads the
+tokens of the areas its data comes from *before* reading the data, and keeps what it read under
+them (:func:`carlos.pagemodels.common.cached_read`): while the tokens are unchanged, no process
+has written anything it shows. Areas keep a worker's stream of pair results and heartbeats from
+invalidating the risk or review pages, which read nothing of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: The areas a write can change; a statement on a table not listed in :data:`TABLE_AREAS` changes "data".
+#: "queue" changes only when a job is added or removed (which LoRAs have jobs), "jobs" with every job
+#: write (heartbeats, pair results, images, rounds).
+AREAS = ("data", "review", "jobs", "queue", "caches")
+TABLE_AREAS = {
+    "decisions": "review",
+    "claims": "review",
+    "threshold_settings": "review",
+    "jobs": "jobs",
+    "pair_results": "jobs",
+    "thumbnails": "jobs",
+    "job_rounds": "jobs",
+    "base_cache": "jobs",
+    "vector_cache": "caches",
+    "text_embeddings": "caches",
+    "map_cache": "caches",
+    "map_cache_entries": "caches",
+}
+#: First words of the statements that change the database.
+WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "COPY", "MERGE", "TRUNCATE", "UPSERT"})
+_TABLE = re.compile(r'^(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM|MERGE\s+INTO|UPSERT\s+INTO)\s+"?(\w+)', re.IGNORECASE)
+
+
+def written_areas(sql: str) -> frozenset[str]:
+    """The areas a statement changes: none for a read, every area for schema changes and for
+    what cannot be told (``CREATE``, ``ALTER``, ``COPY``…), else its table's area."""
+    text = sql.lstrip()
+    while text.startswith("--"):
+        text = text.split("\n", 1)[1].lstrip() if "\n" in text else ""
+    if not text or text.split(None, 1)[0].upper() not in WRITES:
+        return frozenset()
+    m = _TABLE.match(text)
+    if not m:
+        return frozenset(AREAS)
+    table = m.group(1).lower()
+    if table == "jobs" and not text[:6].upper().startswith("UPDATE"):
+        return frozenset({"jobs", "queue"})  # a job added or removed: the set of LoRAs with jobs changes
+    return frozenset({TABLE_AREAS.get(table, "data")})
+
+
+class ChangeTokens:
+    """The ``<db>.changes`` file: one ``area=token`` line per area."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, str]:
+        try:
+            text = self.path.read_text()
+        except OSError:
+            return {}
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def token(self, areas: Iterable[str] = AREAS) -> str | None:
+        """The tokens of ``areas`` as one string, or None when one is unknown (a store nobody has
+        opened since change tokens exist): then nothing may be cached on it."""
+        tokens = self._read()
+        parts = [tokens.get(a) for a in areas]
+        return None if None in parts else "|".join(str(p) for p in parts)
+
+    def bump(self, areas: Iterable[str]) -> None:
+        """New tokens for ``areas`` (the caller holds the store's lock, so no update is lost); a
+        read-only folder only costs readers their caches."""
+        tokens = self._read()
+        tokens.update({a: os.urandom(12).hex() for a in areas})
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_text("".join(f"{a}={tokens[a]}\n" for a in sorted(tokens)))
+            os.replace(tmp, self.path)  # atomic: readers see the old tokens or the new ones
+        except OSError as e:
+            log.debug("cannot write %s: %s", self.path, e)
+
+
+class LazyConnection:
+    """The connection of one store session: locks and connects on first use (a session answered
+    from memory costs nothing), bumps the change tokens of the areas a statement writes before it
+    runs, and closes and unlocks at :meth:`close`. Everything else is the DuckDB connection's."""
+
+    def __init__(
+        self, lock: Callable[[], contextlib.AbstractContextManager[None]], connect: Callable[[], Any], tokens: ChangeTokens
+    ) -> None:
+        self._lock_factory = lock
+        self._connect = connect
+        self._tokens = tokens
+        self._con: Any = None
+        self._lock: contextlib.AbstractContextManager[None] | None = None
+        self._bumped: set[str] = set()
+
+    def _open(self) -> Any:
+        if self._con is None:
+            lock = self._lock_factory()
+            lock.__enter__()
+            try:
+                self._con = self._connect()
+            except BaseException:
+                lock.__exit__(None, None, None)
+                raise
+            self._lock = lock
+        return self._con
+
+    def _writing(self, sql: str) -> None:
+        areas = written_areas(sql) - self._bumped
+        if areas:
+            self._bumped |= areas
+            self._tokens.bump(areas)
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        con = self._open()
+        self._writing(sql)
+        return con.execute(sql, *args, **kwargs)
+
+    def executemany(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        con = self._open()
+        self._writing(sql)
+        return con.executemany(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open(), name)
+
+    def close(self) -> None:
+        if self._con is None:
+            return
+        try:
+            self._con.close()
+        finally:
+            self._con = None
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.__exit__(None, None, None)
