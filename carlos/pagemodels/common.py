@@ -82,10 +82,6 @@ class Memo:
             flight.done.set()
         return value
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
 
 class _Flight:
     """One computation in progress (:class:`Memo` with ``single_flight``)."""
