@@ -54,7 +54,13 @@ def show_flash() -> None:
 def url_default(key: str, default: T, *, param: str | None = None, parse: Callable[[str], T] | None = None) -> None:
     """Give widget ``key`` its first value on this page: the URL's ``param`` (a shared link,
     a ``st.page_link``) > the value kept from another page > ``default``. Call before
-    drawing the widget (with ``key=key`` and no ``value``)."""
+    drawing the widget (with ``key=key``).
+
+    Where the widget's own default differs from what this sets (``index=None`` of a selectbox
+    naming a record), also pass the current value as the default: the browser commits the
+    default of the *latest* drawing of a widget whose code arrives late (a slow or loaded
+    client), and a form submitted then would send the default back; the detail page lost its
+    LoRA, and the decision with it, that way (``tests/test_browser_login.py`` under load)."""
     if key in st.session_state:
         return
     raw = st.query_params.get(param) if param else None
@@ -65,6 +71,11 @@ def url_default(key: str, default: T, *, param: str | None = None, parse: Callab
         except (ValueError, TypeError, CarlosError):
             st.sidebar.caption(f"Ignored the link's {code(f'{param}={raw}')}: not a valid value.")  # a link is untrusted
     st.session_state[key] = st.session_state.get(_KEEP + key, default)
+
+
+def current(key: str) -> Any:
+    """Widget ``key``'s value now, to pass as its default (see :func:`url_default`)."""
+    return st.session_state[key]
 
 
 def url_candidate(key: str, param: str) -> str | None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from app.resources import get_store
-from app.state import keep, url_default
+from app.state import current, keep, url_default
 from carlos.config import Thresholds
 from carlos.core.view import CorpusView
 from carlos.review import workflow as review
@@ -33,10 +33,10 @@ def threshold_sidebar(view: CorpusView, saved: Thresholds | None = None) -> Thre
             f"Saved: Strength ≤ {fmt_threshold(saved.strength_max)}, Consistency ≥ "
             f"{fmt_threshold(saved.consistency_min)} (paper: 9.8 / 0.041)"
         )
-        s_on = st.checkbox("Filter too strong", key="thr_s_on")
-        s = st.slider("Strength max (substantiality)", 0.0, s_hi, step=0.05, key="thr_s", disabled=not s_on)
-        c_on = st.checkbox("Filter too unstable", key="thr_c_on")
-        c = st.slider("Consistency min (volition)", 0.0, c_hi, step=0.001, key="thr_c", format="%.3f", disabled=not c_on)
+        s_on = st.checkbox("Filter too strong", current("thr_s_on"), key="thr_s_on")
+        s = st.slider("Strength max (substantiality)", 0.0, s_hi, current("thr_s"), step=0.05, key="thr_s", disabled=not s_on)
+        c_on = st.checkbox("Filter too unstable", current("thr_c_on"), key="thr_c_on")
+        c = st.slider("Consistency min (volition)", 0.0, c_hi, current("thr_c"), step=0.001, key="thr_c", format="%.3f", disabled=not c_on)
         st.button("Reset to saved", key="thr_reset", on_click=_reset_thresholds, args=(saved,))
     keep("thr_s_on")
     keep("thr_c_on")

@@ -41,7 +41,7 @@ lid = st.selectbox(
     "LoRA (type to search by name)",
     options,
     key="detail_lora",
-    index=None,
+    index=options.index(lid) if lid is not None else None,  # see app.state.url_default: a late mount keeps the LoRA
     format_func=lambda i: f"{names.get(i, i)} ({i})",
     placeholder="Choose a LoRA",
 )

@@ -53,7 +53,7 @@ COUNT_RUNS = """(() => {
             const key = varint(), field = Math.floor(key / 8), wt = key % 8;
             if (field === 6) return true;
             if (wt === 0) varint(); else if (wt === 1) i += 8;
-            else if (wt === 2) i += varint(); else if (wt === 5) i += 4; else return false;
+            else if (wt === 2) { const n = varint(); i += n; } else if (wt === 5) i += 4; else return false;
         }
         return false;
     };
@@ -219,11 +219,22 @@ def test_listed_reviewer_logs_in_claims_and_decides(browser: Any, servers: Serve
     idp, url, store, _ = servers
     n_before = len(_decisions(store))
     context, page = _login(browser, url, idp, REVIEWER)
+    # The LoRA box's code arrives only after the claim has been drawn again, as on a slow or busy
+    # client: the box then mounts with that later drawing and commits its default, which the
+    # decision form sends back (a default of "no LoRA" lost the decision under CI's load).
+    cdp = context.new_cdp_session(page)  # a request paused here waits without holding the test
+    paused: list[str] = []
+    cdp.on("Fetch.requestPaused", lambda e: paused.append(e["requestId"]))
+    cdp.send("Fetch.enable", {"patterns": [{"urlPattern": "*/static/js/Selectbox.*.js", "requestStage": "Request"}]})
     _open(page, f"{url}/detail?lora={LORA}")
     page.get_by_text(f"Signed in as {REVIEWER} (reviewer)").first.wait_for()
     assert page.get_by_text("not a listed reviewer").count() == 0
     page.get_by_role("button", name="Claim for review").click()
     page.get_by_role("button", name="Record decision").wait_for()
+    page.wait_for_selector(IDLE)
+    assert paused, "the LoRA box's code was not requested (frontend changed?)"
+    cdp.send("Fetch.disable")  # lets the paused request go on
+    page.get_by_role("combobox").first.wait_for()
     page.get_by_text("flag", exact=True).click()
     page.get_by_label("Note (kept in the audit log)").fill("browser login test")
     # sent like the outsider's forced clicks below: those reach the server and act when the
