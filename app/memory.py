@@ -25,8 +25,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: A full collection slower than this (seconds) asks the next page run to freeze the survivors.
-SLOW_FULL_COLLECTION_S = 0.05
+#: A full collection slower than this (seconds) asks the next page run to freeze the survivors. At 50 ms,
+#: collections just under it still took 30 % of a risk render's GIL time (py-spy ``--gil``, 4 sessions);
+#: at 10 ms, 8.5 %, and the load benchmark went from ~23 to ~33 page views per second.
+SLOW_FULL_COLLECTION_S = 0.01
 #: At most this often (seconds) a freeze is preceded by a full collection of everything, frozen included.
 COMPACT_EVERY_S = 60.0
 

@@ -12,10 +12,8 @@ from app.state import choice, colour_choices, flash, ids_param, keep, last_searc
 from app.text import literal
 from app.thresholds import fmt_threshold, threshold_sidebar
 from app.widgets import explained, lora_table
-from carlos.characterize import results
-from carlos.core.risk import RiskPolicy, corpus_stats
 from carlos.pagemodels.common import names as page_names
-from carlos.pagemodels.corpus_pages import read_risk
+from carlos.pagemodels.corpus_pages import build_risk, read_risk, risk_figure
 from carlos.review import workflow as review
 from carlos.viz import figures as plots
 
@@ -42,10 +40,10 @@ with st.sidebar:
     colour = st.selectbox("Colour by", colours, key="risk_colour")
     keep("risk_colour", param="colour", fmt=lambda v: None if v == "risk class" else v)
 
-frame = data.frame(thresholds)
+model = build_risk(data, thresholds)  # shared by the sessions showing these thresholds
+frame, intervals, stats, cuts = model.frame, model.intervals, model.stats, model.cuts
 if colour == "search score":
-    frame["score"] = frame["lora_id"].map(last_search()["scores"])
-stats = corpus_stats(view.frame, view.embedder, RiskPolicy(thresholds=thresholds))
+    frame = frame.assign(score=frame["lora_id"].map(last_search()["scores"]))  # this session's own search
 m = st.columns(5)
 m[0].metric("Too strong", stats.over_strength)
 m[1].metric("Too unstable", stats.under_consistency)
@@ -58,18 +56,16 @@ st.caption(
     f"Corr(Strength, Consistency) = {stats.strength_consistency_r:.2f}."
 )
 
-cuts = (frame.attrs["review_strength_min"], frame.attrs["review_consistency_min"])
-# uploads characterized here carry 95% intervals and a risk class with its confidence (corpus rows: none)
-intervals = results.interval_frame(frame, data.uncertainties, thresholds, cuts)
-frame = frame.merge(intervals, on="lora_id", how="left")
-frame["risk_confidence"] = frame["risk_confidence"].fillna(results.NO_INTERVAL)
 names = page_names(view)
 
 
 @st.fragment
 def scatter_and_selection() -> None:
     """The scatter, its selection and the bulk flag: a box or lasso reruns only this part."""
-    fig = plots.risk_scatter(frame, thresholds, axes=axes, colour=colour, review_cuts=cuts)
+    if colour == "search score":
+        fig = plots.risk_scatter(frame, thresholds, axes=axes, colour=colour, review_cuts=cuts)
+    else:
+        fig = risk_figure(model, thresholds, axes, colour)
     event = st.plotly_chart(fig, key="risk_scatter", on_select="rerun", selection_mode=("box", "lasso"))
     if len(intervals):
         st.caption(

@@ -27,6 +27,9 @@ def summarize(outcomes: list[Outcome], window_s: float) -> dict[str, Any]:
         done = [o.seconds for o in outcomes if o.kind == kind and o.seconds is not None]
         times = {k: _number(v) for k, v in percentiles(done).items()}  # None, not NaN, when none had a result: strict JSON
         by_kind[kind] = {"count": sum(o.kind == kind for o in outcomes), "ok": len(done), **times}
+        # the slowest loads with when they began: a tail bunched in time is a stall, a spread one queueing
+        slow = sorted((o for o in outcomes if o.kind == kind and o.seconds is not None), key=lambda o: -(o.seconds or 0))[:10]
+        by_kind[kind]["slowest"] = [{"started_s": round(o.started, 2), "ms": round((o.seconds or 0) * 1e3), "query": o.query} for o in slow]
     errors: dict[str, int] = {}
     for o in outcomes:
         if o.error:

@@ -8,6 +8,7 @@ fingerprint and the tokenizer version say when a cached index must be rebuilt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import Counter
@@ -40,6 +41,13 @@ class BM25Config:
 
     def tokens(self, text: str) -> list[str]:
         return tokenize(text, min_len=self.min_token_len, stem=self.stem)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _term_counts(config: BM25Config, doc: str) -> Counter[str]:
+    """A document's term counts, kept across rebuilds: a corpus that gains one LoRA re-tokenizes one
+    text (callers only read the Counter)."""
+    return Counter(config.tokens(doc))
 
 
 class BM25Index:
@@ -89,7 +97,7 @@ class BM25Index:
         postings: dict[str, list[tuple[int, int]]] = {}
         doc_len = np.zeros(len(docs), dtype=np.int64)
         for i, doc in enumerate(docs):
-            counts = Counter(config.tokens(doc))
+            counts = _term_counts(config, doc)
             doc_len[i] = sum(counts.values())
             for term, tf in counts.items():
                 postings.setdefault(term, []).append((i, tf))

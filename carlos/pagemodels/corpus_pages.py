@@ -15,14 +15,15 @@ import pandas as pd
 
 from carlos.characterize import results
 from carlos.config import Thresholds
+from carlos.core.risk import CorpusStats, RiskPolicy, corpus_stats
 from carlos.core.view import CorpusView
 from carlos.data.corpus import import_history
 from carlos.errors import CarlosError
-from carlos.pagemodels.common import Basics, annotated, cached_read, read_basics, view_key, with_review
+from carlos.pagemodels.common import Basics, Memo, annotated, cached_read, read_basics, view_key, with_review
 from carlos.review import weight_groups
 from carlos.review import workflow as review
 from carlos.store.store import Store
-from carlos.viz import clusters, maps, mapview
+from carlos.viz import clusters, figures, maps, mapview
 
 #: What the corpus-wide pages read: LoRAs, representations, fingerprints (data) and review state, never
 #: the jobs a worker is writing (its pair results and heartbeats leave these pages' reads cached).
@@ -95,6 +96,49 @@ def _overview(store: Store) -> OverviewData:
 def read_risk(store: Store) -> RiskData:
     """Risk: the uploads' stored intervals and the threshold history."""
     return cached_read(store, ("risk",), lambda: _risk(store), CORPUS_AREAS)
+
+
+@dataclass(frozen=True)
+class RiskModel:
+    """The risk page under one set of thresholds, shared by every session showing it (copy
+    ``frame`` before changing it): the LoRAs with review status, 95 % intervals and confidence of
+    the uploads characterized here; the region counts; the review region's cuts."""
+
+    frame: pd.DataFrame
+    intervals: pd.DataFrame
+    stats: CorpusStats
+    cuts: tuple[float, float]
+
+
+#: Risk models and figures per (page data, thresholds[, axes, colour]): ~45 % of a risk render was
+#: building them again (py-spy ``--gil``, 4 sessions on the real server). A value holds the page data it
+#: was made from, so the data's id in its key names no other object while the entry lives.
+_RISK_MODELS: Memo = Memo(32, single_flight=True)
+_RISK_FIGURES: Memo = Memo(64, single_flight=True)
+
+
+def build_risk(data: RiskData, thresholds: Thresholds) -> RiskModel:
+    """The risk page's frame, intervals and counts under ``thresholds`` (see :class:`RiskModel`)."""
+    return _RISK_MODELS.get((id(data), thresholds), lambda: (data, _build_risk(data, thresholds)))[1]
+
+
+def _build_risk(data: RiskData, thresholds: Thresholds) -> RiskModel:
+    assert data.basics.view is not None
+    frame = data.frame(thresholds)
+    cuts = (frame.attrs["review_strength_min"], frame.attrs["review_consistency_min"])
+    intervals = results.interval_frame(frame, data.uncertainties, thresholds, cuts)
+    frame = frame.merge(intervals, on="lora_id", how="left")
+    frame["risk_confidence"] = frame["risk_confidence"].fillna(results.NO_INTERVAL)
+    stats = corpus_stats(data.basics.view.frame, data.basics.view.embedder, RiskPolicy(thresholds=thresholds))
+    return RiskModel(frame, intervals, stats, cuts)
+
+
+def risk_figure(model: RiskModel, thresholds: Thresholds, axes: str, colour: str) -> Any:
+    """The scatter of ``model`` (remembered; a figure coloured by a session's own search is not)."""
+    return _RISK_FIGURES.get(
+        (id(model), thresholds, axes, colour),
+        lambda: (model, figures.risk_scatter(model.frame, thresholds, axes=axes, colour=colour, review_cuts=model.cuts)),
+    )[1]
 
 
 def _risk(store: Store) -> RiskData:

@@ -44,6 +44,9 @@ TABLE_AREAS = {
 WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "COPY", "MERGE", "TRUNCATE", "UPSERT"})
 _TABLE = re.compile(r'^(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM|MERGE\s+INTO|UPSERT\s+INTO)\s+"?(\w+)', re.IGNORECASE)
 
+#: An update of nothing but a cache entry's ``last_used`` (its LRU stamp, refreshed by reads).
+_BOOKKEEPING = re.compile(r"^UPDATE\s+(?:vector_cache|map_cache_entries)\s+SET\s+last_used\s*=\s*\?\s+WHERE\b", re.IGNORECASE)
+
 
 def written_areas(sql: str) -> frozenset[str]:
     """The areas a statement changes: none for a read, every area for schema changes and for
@@ -53,6 +56,8 @@ def written_areas(sql: str) -> frozenset[str]:
         text = text.split("\n", 1)[1].lstrip() if "\n" in text else ""
     if not text or text.split(None, 1)[0].upper() not in WRITES:
         return frozenset()
+    if _BOOKKEEPING.match(text):
+        return frozenset()  # a cache entry's last use: eviction order, not anything a page shows
     m = _TABLE.match(text)
     if not m:
         return frozenset(AREAS)

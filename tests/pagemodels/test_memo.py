@@ -109,3 +109,24 @@ def test_a_cached_read_is_redone_after_a_write_to_its_areas_only(store_copy: Sto
     assert cached_read(store_copy, "k", read, areas) == 1
     store_copy.review.claim("civitai:130580", "ada")
     assert cached_read(store_copy, "k", read, areas) == 2
+
+
+def test_the_risk_model_and_figure_are_shared_per_read_and_thresholds(store_copy: Store) -> None:
+    """Sessions showing the same thresholds share one model and one figure; other thresholds, or a
+    read after a decision, get their own (and see the decision)."""
+    from carlos.config import Thresholds
+    from carlos.pagemodels.corpus_pages import build_risk, read_risk, risk_figure
+
+    paper, strict = Thresholds(9.8, 0.041), Thresholds(5.0, 0.1)
+    data = read_risk(store_copy)
+    model = build_risk(data, paper)
+    assert build_risk(data, paper) is model and build_risk(data, strict) is not model
+    assert model.stats.retained > build_risk(data, strict).stats.retained
+    fig = risk_figure(model, paper, "values", "risk class")
+    assert risk_figure(model, paper, "values", "risk class") is fig and risk_figure(model, paper, "ranks", "risk class") is not fig
+
+    lid = model.frame["lora_id"].iloc[0]
+    store_copy.review.append_decision(lid, "bob", "flag", "unreviewed", "flagged", None)
+    after = build_risk(read_risk(store_copy), paper)
+    assert after is not model
+    assert after.frame.set_index("lora_id").loc[lid, "status"] == "flagged" != model.frame.set_index("lora_id").loc[lid, "status"]

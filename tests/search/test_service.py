@@ -140,3 +140,40 @@ def test_the_text_matrix_embeds_only_new_texts(store_copy: Store) -> None:
         con.execute("DELETE FROM text_embeddings")
     scratch = SearchService(store_copy, text_embedder_factory=lambda model: emb).text_matrix(view, None)[0]
     assert emb.embedded == [740, 1, 741] and np.array_equal(scratch, second)  # the same as embedding everything
+
+
+def test_a_new_data_version_with_the_same_texts_keeps_the_textual_indexes(store_copy: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's result (another space: a new data version, the same LoRA texts) rebuilds neither the
+    BM25 index nor the text matrix, and cleans no text again; a changed description is cleaned alone
+    and searched at once."""
+    import carlos.core.text as text
+    from carlos.search.views import corpus_view
+
+    cleaned: list[str | None] = []
+    clean = text.document_text
+    monkeypatch.setattr(text, "document_text", lambda name, desc: cleaned.append(name) or clean(name, desc))
+    emb = CountingEmbedder()
+    service = SearchService(store_copy, text_embedder_factory=lambda model: emb)
+    view = corpus_view(store_copy)
+    service.bm25_scores(view, "pixel art")
+    matrix, _ = service.text_matrix(view, None)
+    index, n_cleaned = service._bm25[view.data_version], len(cleaned)
+    assert 0 < n_cleaned <= 740 and emb.embedded == [740]  # LoRAs with the same text share one cleaning
+
+    rep = store_copy.reps.of("civitai:130580")[0]
+    store_copy.reps.put("civitai:130580", "tiny-space", rep.direction[:8], 2.0, 0.1, 70, {"protocol": "quick", "backend": "tiny"})
+    again = corpus_view(store_copy)
+    assert again.data_version != view.data_version
+    service.bm25_scores(again, "pixel art")
+    assert service._bm25[again.data_version] is index and len(cleaned) == n_cleaned
+    assert service.text_matrix(again, None)[0] is matrix and emb.embedded == [740]
+
+    with store_copy.transaction() as con:
+        con.execute("UPDATE loras SET description = 'zyxwquartz glaze studies' WHERE lora_id = 'civitai:130580'")
+        store_copy.bump(con)
+    changed = corpus_view(store_copy)
+    scores = service.bm25_scores(changed, "zyxwquartz")
+    assert len(cleaned) == n_cleaned + 1  # only the changed text
+    assert changed.ids[int(np.argmax(scores))] == "civitai:130580" and np.count_nonzero(scores) == 1
+    assert emb.embedded == [740] and service.text_matrix(changed, None)[0].shape == matrix.shape
+    assert emb.embedded == [740, 1]  # the text matrix embeds the changed text alone

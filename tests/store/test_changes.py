@@ -29,6 +29,11 @@ from carlos.store.store import Store
         ("CREATE TABLE x (a INT)", set(AREAS)),
         ("ALTER TABLE jobs ADD COLUMN y INT", set(AREAS)),
         ("BEGIN TRANSACTION", set()),
+        # a read refreshing a cache entry's LRU stamp changes nothing a page shows; other updates do
+        ("UPDATE vector_cache SET last_used = ? WHERE kind = ? AND cache_key = ?", set()),
+        ("UPDATE map_cache_entries SET last_used = ? WHERE map_key = ?", set()),
+        ("UPDATE vector_cache SET last_used = ?, vector = ? WHERE kind = ?", {"caches"}),
+        ("UPDATE map_cache_entries SET nbytes = ? WHERE map_key = ?", {"caches"}),
         ("", set()),
     ],
 )
@@ -47,6 +52,18 @@ def test_a_write_changes_only_its_areas_token(store_copy: Store) -> None:
     assert [a for a in AREAS if after[a] != queued[a]] == ["jobs"]
     store_copy.review.append_decision("civitai:130580", "bob", "flag", "unreviewed", "flagged", None)
     assert store_copy.change_token(["review"]) != after["review"] and store_copy.change_token(["data"]) == before["data"]
+
+
+def test_a_cache_read_refreshing_its_lru_stamp_leaves_the_caches_token(store_copy: Store) -> None:
+    """Reading a cached vector long after its last use stamps it (eviction order) without making every
+    process read its caches again."""
+    store_copy.caches.put_vector("query", "k", [1.0, 2.0], {})
+    token = store_copy.change_token(["caches"])
+    store_copy.caches.clock = lambda: 1e12  # much later: the stamp is stale and gets refreshed
+    assert store_copy.caches.get_vector("query", "k") is not None
+    with store_copy.session() as con:
+        assert con.execute("SELECT last_used FROM vector_cache WHERE cache_key = 'k'").fetchone()[0] == 1e12
+    assert store_copy.change_token(["caches"]) == token
 
 
 def test_another_process_write_changes_the_token_and_reads_do_not(store_copy: Store) -> None:
