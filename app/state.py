@@ -78,6 +78,13 @@ def current(key: str) -> Any:
     return st.session_state[key]
 
 
+def current_index(options: Sequence[Any], key: str) -> int:
+    """The position of widget ``key``'s value among ``options`` (0 when it is not one), to pass as
+    a radio's or selectbox's ``index`` (see :func:`url_default`)."""
+    value = st.session_state.get(key)
+    return list(options).index(value) if value in options else 0
+
+
 def url_candidate(key: str, param: str) -> str | None:
     """The raw value :func:`url_default` would give widget ``key`` first: its current value, else
     the URL's ``param``, else the value kept from another page. A page model reads what it names

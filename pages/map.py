@@ -9,7 +9,7 @@ import streamlit as st
 from app.access import write_note
 from app.navigation import DETAIL_PAGE, page_setup
 from app.resources import get_store, require_corpus
-from app.state import choice, colour_choices, ids_param, keep, last_search, parse_ids, url_default
+from app.state import choice, colour_choices, current, current_index, ids_param, keep, last_search, parse_ids, url_default
 from app.text import literal
 from app.thresholds import threshold_sidebar
 from app.widgets import explained
@@ -44,23 +44,23 @@ frame = data.frame(thresholds)
 names = page_names(view)
 with st.sidebar:
     url_default("map_colour", "risk class", param="colour", parse=choice(colours))
-    colour = st.selectbox("Colour by", colours, key="map_colour")
+    colour = st.selectbox("Colour by", colours, current_index(colours, "map_colour"), key="map_colour")
     keep("map_colour", param="colour", fmt=lambda v: None if v == "risk class" else v)
     url_default("map_hl", list(search.get("hits", [])), param="hl", parse=lambda t: [i for i in parse_ids(t) if i in names])
     # every name is an option up to MANY_OPTIONS LoRAs; above, the search hits and the link's ids
     many = len(names) > mapview.MANY_OPTIONS
     options = list(dict.fromkeys([*search.get("hits", []), *st.session_state["map_hl"]])) if many else list(names)
-    highlight = st.multiselect("Highlight LoRAs", options, key="map_hl", format_func=lambda i: names.get(i, i))
+    highlight = st.multiselect("Highlight LoRAs", options, current("map_hl"), key="map_hl", format_func=lambda i: names.get(i, i))
     keep("map_hl", param="hl", fmt=ids_param)
     with st.expander("UMAP parameters"):
         url_default("map_nn", 15, param="nn", parse=lambda t: min(max(int(t), 2), 100))
-        nn = st.slider("Neighbours", 2, 100, key="map_nn")
+        nn = st.slider("Neighbours", 2, 100, current("map_nn"), key="map_nn")
         keep("map_nn", param="nn", fmt=lambda v: None if v == 15 else str(v))
         url_default("map_md", 0.1, param="md", parse=lambda t: min(max(round(float(t), 2), 0.0), 0.99))
-        md = st.slider("Minimum distance", 0.0, 0.99, step=0.01, key="map_md")
+        md = st.slider("Minimum distance", 0.0, 0.99, current("map_md"), step=0.01, key="map_md")
         keep("map_md", param="md", fmt=lambda v: None if v == 0.1 else f"{v:g}")
         url_default("map_ep", 0, param="ep", parse=lambda t: min(max(int(t), 0), 2000))
-        ep = st.number_input("Epochs (0: UMAP's default)", 0, 2000, step=50, key="map_ep")
+        ep = st.number_input("Epochs (0: UMAP's default)", 0, 2000, current("map_ep"), step=50, key="map_ep")
         keep("map_ep", param="ep", fmt=lambda v: str(v) if v else None)
 
 config = maps.MapConfig(n_neighbors=int(nn), min_dist=float(md), n_epochs=int(ep) or None)

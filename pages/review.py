@@ -10,7 +10,7 @@ import streamlit as st
 
 from app.navigation import page_setup
 from app.resources import get_store, require_corpus
-from app.state import choice, keep, url_default
+from app.state import choice, current, current_index, keep, url_default
 from app.widgets import detail_url, hidden_toggle
 from carlos.pagemodels.common import names as page_names
 from carlos.pagemodels.corpus_pages import read_review
@@ -27,10 +27,10 @@ names = page_names(view)
 with st.sidebar:
     st.subheader("Queue")
     url_default("rq_status", list(review.OPEN_STATUSES), param="status", parse=lambda t: [s for s in t.split(",") if s in review.STATUSES])
-    statuses = st.multiselect("Statuses", review.STATUSES, key="rq_status")
+    statuses = st.multiselect("Statuses", review.STATUSES, current("rq_status"), key="rq_status")
     keep("rq_status", param="status", fmt=lambda v: ",".join(v) if list(v) != list(review.OPEN_STATUSES) else None)
     url_default("rq_cos", 0.95, param="cos", parse=lambda t: min(max(round(float(t), 2), 0.5), 1.0))
-    cos = st.slider("Near-duplicate level (direction cosine ≥)", 0.5, 1.0, step=0.01, key="rq_cos")
+    cos = st.slider("Near-duplicate level (direction cosine ≥)", 0.5, 1.0, current("rq_cos"), step=0.01, key="rq_cos")
     keep("rq_cos", param="cos", fmt=lambda v: None if v == 0.95 else f"{v:g}")
 
 # -- the queue ----------------------------------------------------------------------------------------
@@ -39,7 +39,9 @@ all_items = review.statuses_of(view, data.statuses)
 queue = review.queue_of(view, all_items, statuses=statuses, near_duplicate_cos=cos) if statuses else all_items[:0]
 reviewers = sorted(set(all_items["reviewer"].dropna()) | set(all_items["claimed_by"].dropna()))
 url_default("rq_reviewer", "anyone", param="reviewer", parse=choice(["anyone", *reviewers]))
-who = st.selectbox("Last decided or claimed by", ["anyone", *reviewers], key="rq_reviewer")
+who = st.selectbox(
+    "Last decided or claimed by", ["anyone", *reviewers], current_index(["anyone", *reviewers], "rq_reviewer"), key="rq_reviewer"
+)
 keep("rq_reviewer", param="reviewer", fmt=lambda v: None if v == "anyone" else v)
 if who != "anyone" and len(queue):
     queue = queue[(queue["reviewer"] == who) | (queue["claimed_by"] == who)]

@@ -8,7 +8,7 @@ import streamlit as st
 from app.access import write_note
 from app.navigation import page_setup
 from app.resources import get_store, require_corpus
-from app.state import choice, colour_choices, flash, ids_param, keep, last_search, parse_ids, url_default
+from app.state import choice, colour_choices, current_index, flash, ids_param, keep, last_search, parse_ids, url_default
 from app.text import literal
 from app.thresholds import fmt_threshold, threshold_sidebar
 from app.widgets import explained, lora_table
@@ -33,11 +33,16 @@ colours = colour_choices(["risk class", "NSFW level", "review status"])
 with st.sidebar:
     url_default("risk_axes", "values", param="axes", parse=choice(plots.AXES))
     axes = st.radio(
-        "Axes", plots.AXES, key="risk_axes", horizontal=True, format_func={"values": "values", "ranks": "ranks (as in the paper)"}.get
+        "Axes",
+        plots.AXES,
+        current_index(plots.AXES, "risk_axes"),
+        key="risk_axes",
+        horizontal=True,
+        format_func={"values": "values", "ranks": "ranks (as in the paper)"}.get,
     )
     keep("risk_axes", param="axes", fmt=lambda v: None if v == "values" else v)
     url_default("risk_colour", "risk class", param="colour", parse=choice(colours))
-    colour = st.selectbox("Colour by", colours, key="risk_colour")
+    colour = st.selectbox("Colour by", colours, current_index(colours, "risk_colour"), key="risk_colour")
     keep("risk_colour", param="colour", fmt=lambda v: None if v == "risk class" else v)
 
 model = build_risk(data, thresholds)  # shared by the sessions showing these thresholds

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.navigation import page_setup
 from app.resources import get_store, require_corpus, search_service
-from app.state import SEARCH_KEY, current, keep, url_default
+from app.state import SEARCH_KEY, current, current_index, keep, url_default
 from app.text import literal
 from app.thresholds import threshold_sidebar
 from app.widgets import detail_url, explained, hidden_toggle
@@ -36,9 +36,7 @@ url_default("top_k", 10, param="k", parse=lambda t: max(1, min(100, int(t))))
 url_default("compare", False, param="cmp", parse=lambda t: t == "1")
 with st.sidebar:
     st.subheader("Search")
-    retriever = st.radio(
-        "Retriever", RETRIEVERS, RETRIEVERS.index(r) if (r := current("retriever")) in RETRIEVERS else 0, key="retriever", format_func=label
-    )
+    retriever = st.radio("Retriever", RETRIEVERS, current_index(RETRIEVERS, "retriever"), key="retriever", format_func=label)
     top_k = st.slider("Results", 1, 100, current("top_k"), key="top_k")
     compare = st.toggle("Compare with a textual baseline", current("compare"), key="compare")
     baseline = st.selectbox("Baseline", ["bm25", "text-embedding"], format_func=LABELS.get, disabled=not compare)
