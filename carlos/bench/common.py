@@ -124,7 +124,10 @@ class MemoryProbe:
 
     def peak(self) -> int:
         if self.method == "VmHWM":
-            return (_proc_status() or {}).get("VmHWM", 0)
+            # the kernel raises VmHWM lazily (when it syncs its RSS counters, at unmap or exit), so
+            # a peak that is still resident can be above it: the current RSS bounds it from below
+            status = _proc_status() or {}
+            return max(status.get("VmHWM", 0), status.get("VmRSS", 0))
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

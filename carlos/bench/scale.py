@@ -36,6 +36,7 @@ from carlos.config import CORPUS_EMBEDDER, Thresholds
 from carlos.core.index import BLOCK_ROWS, DirectionIndex, same_top_k
 from carlos.errors import InvalidInputError
 from carlos.models.int8 import FbgemmInt8
+from carlos.store.engine import release as release_store_memory
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def _stage_serve(db: str, n_queries: int, top_k: int, exact_checks: int, model: 
     from carlos.store.store import Store
 
     store = Store.open(db)
+    release_store_memory()  # an earlier stage's DuckDB memory is not this stage's (--no-isolate)
     probe = MemoryProbe()
     base = probe.start()
     t0 = time.perf_counter()
@@ -176,6 +178,7 @@ def _stage_library(db: str, n_queries: int, top_k: int, model: CorpusModel, seed
     from carlos.store.store import Store
 
     store = Store.open(db)
+    release_store_memory()  # an earlier stage's DuckDB memory is not this stage's (--no-isolate)
     probe = MemoryProbe()
     base = probe.start()
     t0 = time.perf_counter()

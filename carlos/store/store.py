@@ -12,7 +12,8 @@ pair results, base-image cache, thumbnails), ``store.review``
 
 Concurrency design (DuckDB allows one writing *process* per database file):
 every operation opens a short-lived connection while holding an exclusive
-``fcntl`` lock on ``<db>.lock`` and closes it at once. The dashboard (many
+``fcntl`` lock on ``<db>.lock`` and closes it at once (the file attached to a DuckDB
+instance the process keeps, :mod:`~carlos.store.engine`: ~2 ms instead of ~20). The dashboard (many
 sessions, one process) and characterization workers (other processes) take
 turns in milliseconds; a caller that waits longer than ``lock_timeout`` gets a
 :class:`StoreBusyError` naming the lock file instead of DuckDB's "database is
@@ -44,6 +45,7 @@ from typing import Any
 from carlos.errors import StoreBusyError
 from carlos.store.caches import CacheRepository
 from carlos.store.changes import AREAS, ChangeTokens, LazyConnection
+from carlos.store.engine import attach, process_lock
 from carlos.store.fingerprints import FingerprintRepository
 from carlos.store.jobs import JobRepository
 from carlos.store.loras import LoraRepository
@@ -52,20 +54,6 @@ from carlos.store.review import ReviewRepository
 from carlos.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
-
-
-_PROCESS_LOCKS: dict[str, threading.Lock] = {}
-_PROCESS_LOCKS_GUARD = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_PROCESS_LOCKS.clear)  # a forked child holds no store lock
-
-
-def _process_lock(lock_path: Path) -> threading.Lock:
-    """The lock that this process's threads take, one after the other, before the file lock ``lock_path``."""
-    key = os.path.realpath(lock_path)
-    with _PROCESS_LOCKS_GUARD:
-        return _PROCESS_LOCKS.setdefault(key, threading.Lock())
 
 
 class Store:
@@ -123,12 +111,10 @@ class Store:
             con.close()
 
     def _connect(self) -> Any:
-        """A new DuckDB connection (the caller holds the file lock)."""
-        import duckdb
-
-        con = duckdb.connect(str(self.path))
+        """The file attached to this process's DuckDB instance for it (the caller holds the file
+        lock; :mod:`carlos.store.engine` says why not ``duckdb.connect``)."""
+        con = attach(self.path)
         Store.connections_opened += 1  # under the lock: no two threads add at once
-        con.execute("SET enable_progress_bar = false")  # it would draw on stdout (--json output)
         return con
 
     @contextlib.contextmanager
@@ -171,7 +157,7 @@ class Store:
         # The threads of this process queue on one lock per file and only the first polls the file
         # lock, briefly: a page render waiting behind others is served when its turn comes, instead of
         # losing the file, poll after poll, to newcomers (a 50 ms back-off gave 5-9 s tails under load).
-        turn = _process_lock(self.lock_path)
+        turn = process_lock(self.lock_path)
         if not turn.acquire(timeout=self.lock_timeout):
             raise self._busy()
         try:

@@ -163,19 +163,15 @@ def test_data_version_is_exact_across_stores_and_reads_the_database_only_after_w
     assert a.data_version() == b.data_version() == v0 + 4
 
 
-def test_locked_reads_see_one_state_across_connections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import duckdb
-
+def test_locked_reads_see_one_state_across_connections(tmp_path: Path) -> None:
     path = tmp_path / "l.duckdb"
     a, other = Store.open(path), Store(path, lock_timeout=0.2)
     a.loras.upsert([{"lora_id": "x", "source": "t"}])
-    connects = []
-    real_connect = duckdb.connect
-    monkeypatch.setattr(duckdb, "connect", lambda *args, **kw: connects.append(1) or real_connect(*args, **kw))
+    before = Store.connections_opened
     with a.locked():
         assert a.table_counts()["loras"] == 1
         with pytest.raises(StoreBusyError):  # a writer waits for the whole block, not one read
             other.loras.upsert([{"lora_id": "y", "source": "t"}])
-        assert a.table_counts()["loras"] == 1 and len(connects) == 2  # a connection per read
+        assert a.table_counts()["loras"] == 1 and Store.connections_opened - before == 2  # a connection per read
     other.loras.upsert([{"lora_id": "y", "source": "t"}])  # released
     assert a.table_counts()["loras"] == 2
