@@ -21,7 +21,7 @@ def open_store(path: str) -> Store:
 
 def get_store() -> Store:
     """One Store object per process and path (it opens short-lived connections itself)."""
-    return open_store(str(default_paths().db_path))
+    return open_store(default_paths().store)
 
 
 def require_corpus(basics: Basics | None = None) -> CorpusView:
@@ -44,7 +44,7 @@ def _search_service(path: str) -> Any:
 
 def search_service() -> Any:
     """One SearchService per store (it holds CLIP, the prefix cache and the text models)."""
-    return _search_service(str(default_paths().db_path))
+    return _search_service(default_paths().store)
 
 
 @st.cache_data(ttl=60, show_spinner=False)

@@ -27,4 +27,4 @@ def _background_worker(path: str) -> Any:
 
 
 def ensure_background_worker() -> None:
-    _background_worker(str(default_paths().db_path))
+    _background_worker(default_paths().store)

@@ -8,6 +8,7 @@ deployments can point the same code at another store.
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,12 @@ class Paths:
     data_dir: Path  # project-authored data (prompt set) and the default store
     db_path: Path  # the DuckDB store
     cache_dir: Path = field(default=Path())  # downloaded corpus wheel, thumbnails, uploads
+    store_url: str | None = None  # a team store (``postgresql://``) from $CARLOS_STORE; never shown
+
+    @property
+    def store(self) -> str:
+        """What ``Store.open`` takes: the PostgreSQL URL of a team store, else the DuckDB file."""
+        return self.store_url or str(self.db_path)
 
     def __post_init__(self) -> None:
         if self.cache_dir == Path():
@@ -148,11 +155,46 @@ class Paths:
         return self.cache_dir / "uploads"
 
 
+def default_secrets_files(cwd: Path | None = None) -> tuple[Path, ...]:
+    """Where Streamlit looks for ``secrets.toml`` by default, in its order (later files win):
+    ``~/.streamlit/``, then the project's ``.streamlit/`` (the repository and the working
+    directory)."""
+    cwd = Path.cwd() if cwd is None else cwd
+    candidates = [Path.home() / ".streamlit", REPO_ROOT / ".streamlit", cwd / ".streamlit"]
+    candidates = [c / "secrets.toml" for c in candidates]
+    out: list[Path] = []
+    for c in candidates:
+        if c.absolute() not in [o.absolute() for o in out]:
+            out.append(c)
+    return tuple(out)
+
+
+def _store_in_secrets() -> str:
+    """``[carlos] store`` of the secrets files (a team store's URL kept out of the environment and
+    of command lines), or ''. A file that cannot be read is skipped here: the access policy reads
+    the same files and fails closed on it."""
+    found = ""
+    for f in default_secrets_files():
+        try:
+            section = tomllib.loads(f.read_text(encoding="utf-8")).get("carlos", {})
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+        if isinstance(section, dict) and isinstance(section.get("store"), str):
+            found = section["store"].strip()
+    return found
+
+
 def default_paths() -> Paths:
-    """Paths from ``CARLOS_DB`` / ``CARLOS_HOME`` or the repository's ``data/``."""
+    """Paths from ``CARLOS_STORE`` (a ``postgresql://`` URL or a DuckDB path), ``CARLOS_DB`` /
+    ``CARLOS_HOME``, ``[carlos] store`` of the secrets files, or the repository's ``data/``."""
     data_dir = REPO_ROOT / "data"
     home = os.environ.get("CARLOS_HOME")
     db = os.environ.get("CARLOS_DB")
+    store = os.environ.get("CARLOS_STORE", "").strip() or (_store_in_secrets() if not db and not home else "")
+    if store.lower().startswith(("postgresql://", "postgres://")):
+        return Paths(data_dir=data_dir, db_path=data_dir / "carlos.duckdb", store_url=store)
+    if store:
+        db = store
     if db:
         db_path = Path(db).expanduser().resolve()
     elif home:

@@ -36,6 +36,10 @@ class StoreBusyError(CarlosError):
     """The store stayed locked by another process for longer than the timeout."""
 
 
+class StoreUnavailableError(CarlosError):
+    """The store's server cannot be reached or refused the connection (the message never holds credentials)."""
+
+
 class NotFoundError(CarlosError, KeyError):
     """A LoRA, job or representation id does not exist in the store."""
 

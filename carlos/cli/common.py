@@ -40,7 +40,8 @@ def json_default(o: Any) -> Any:
 def open_store(args: argparse.Namespace):  # noqa: ANN201 - Store, imported lazily
     from carlos.store.store import Store
 
-    return Store.open(Path(args.db) if args.db else default_paths().db_path)
+    target = getattr(args, "store", None) or args.db
+    return Store.open(target if target else default_paths().store)
 
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from carlos.cli import bench, characterize, corpus, evaluate, map, prompts, ray, report, review, search, serve, weights
+from carlos.cli import bench, characterize, corpus, evaluate, map, prompts, ray, report, review, search, serve, store, weights
 from carlos.errors import CarlosError, PermissionDeniedError
 
 log = logging.getLogger("carlos")
@@ -32,6 +32,7 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     review.register,
     report.register,
     serve.register,
+    store.register,
     bench.register,
 )
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="CARLoS: characterize, search and review SDXL LoRAs by what they do.",
     )
     parser.add_argument("--db", help="DuckDB store (default: data/carlos.duckdb or $CARLOS_DB)")
+    parser.add_argument(
+        "--store",
+        help="the store: a DuckDB file or a postgresql:// URL (default: $CARLOS_STORE, else --db); "
+        "prefer $CARLOS_STORE for a URL with a password (a command line is visible to other users)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in GROUPS:

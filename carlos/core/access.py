@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carlos.config import REPO_ROOT
+from carlos.config import default_secrets_files
 from carlos.errors import InvalidInputError, PermissionDeniedError
 
 #: Comma-separated reviewer identities; when set and non-empty it replaces ``[carlos] reviewers``.
@@ -104,20 +104,6 @@ def _name_of(user: CurrentUser | str | None) -> str:
     if isinstance(user, str):
         return user.strip()
     return user.name.strip() if user.logged_in and user.name else ""
-
-
-def default_secrets_files(cwd: Path | None = None) -> tuple[Path, ...]:
-    """Where Streamlit looks for ``secrets.toml`` by default, in its order (later files win):
-    ``~/.streamlit/``, then the project's ``.streamlit/`` (the repository and the working
-    directory)."""
-    cwd = Path.cwd() if cwd is None else cwd
-    candidates = [Path.home() / ".streamlit", REPO_ROOT / ".streamlit", cwd / ".streamlit"]
-    candidates = [c / "secrets.toml" for c in candidates]
-    out: list[Path] = []
-    for c in candidates:
-        if c.absolute() not in [o.absolute() for o in out]:
-            out.append(c)
-    return tuple(out)
 
 
 def resolve_policy(secrets_files: Iterable[str | Path] | None = None, *, env: Mapping[str, str] | None = None) -> AccessPolicy:

@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,17 @@ def written_areas(sql: str) -> frozenset[str]:
     return frozenset({TABLE_AREAS.get(table, "data")})
 
 
+class Tokens(Protocol):
+    """Per-area change tokens: a file beside a DuckDB store, a table in a PostgreSQL one."""
+
+    def token(self, areas: Iterable[str] = AREAS) -> str | None: ...
+
+    def bump(self, areas: Iterable[str], con: Any = None) -> None: ...
+
+
 class ChangeTokens:
-    """The ``<db>.changes`` file: one ``area=token`` line per area."""
+    """The ``<db>.changes`` file: one ``area=token`` line per area (a PostgreSQL store keeps them
+    in a table: :class:`carlos.store.postgres.ChangeTable`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -87,9 +96,10 @@ class ChangeTokens:
         parts = [tokens.get(a) for a in areas]
         return None if None in parts else "|".join(str(p) for p in parts)
 
-    def bump(self, areas: Iterable[str]) -> None:
+    def bump(self, areas: Iterable[str], con: Any = None) -> None:
         """New tokens for ``areas`` (the caller holds the store's lock, so no update is lost); a
-        read-only folder only costs readers their caches."""
+        read-only folder only costs readers their caches. ``con``: the writing session's connection
+        (a PostgreSQL store's tokens are rows, written in the writer's transaction)."""
         tokens = self._read()
         tokens.update({a: os.urandom(12).hex() for a in areas})
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -105,9 +115,7 @@ class LazyConnection:
     from memory costs nothing), bumps the change tokens of the areas a statement writes before it
     runs, and closes and unlocks at :meth:`close`. Everything else is the DuckDB connection's."""
 
-    def __init__(
-        self, lock: Callable[[], contextlib.AbstractContextManager[None]], connect: Callable[[], Any], tokens: ChangeTokens
-    ) -> None:
+    def __init__(self, lock: Callable[[], contextlib.AbstractContextManager[None]], connect: Callable[[], Any], tokens: Tokens) -> None:
         self._lock_factory = lock
         self._connect = connect
         self._tokens = tokens
@@ -131,7 +139,7 @@ class LazyConnection:
         areas = written_areas(sql) - self._bumped
         if areas:
             self._bumped |= areas
-            self._tokens.bump(areas)
+            self._tokens.bump(areas, self._con)
 
     def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
         con = self._open()

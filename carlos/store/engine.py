@@ -54,6 +54,8 @@ def process_lock(lock_path: Path) -> threading.Lock:
 class AttachedConnection:
     """A store file attached to a kept instance: the DuckDB cursor's API, and :meth:`close` detaches."""
 
+    dialect = "duckdb"
+
     def __init__(self, instance: _Instance, cursor: Any) -> None:
         self._instance = instance
         self._cursor = cursor

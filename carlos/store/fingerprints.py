@@ -83,7 +83,7 @@ class FingerprintRepository:
         if not lora_ids:
             return {}
         with self._db.session() as con:
-            cur = con.execute("SELECT * FROM weight_fingerprints WHERE list_contains(?, lora_id)", [list(lora_ids)])
+            cur = con.execute("SELECT * FROM weight_fingerprints WHERE lora_id IN (SELECT unnest(CAST(? AS VARCHAR[])))", [list(lora_ids)])
             cols = [d[0] for d in cur.description]
             rows = [dict(zip(cols, r)) for r in cur.fetchall()]
         out = {}
@@ -128,7 +128,9 @@ class FingerprintRepository:
             return {}
         with self._db.session() as con:
             rows = con.execute(
-                "SELECT lora_id, file_path, file_name, sha256 FROM weight_fingerprints WHERE list_contains(?, lora_id)", [list(lora_ids)]
+                "SELECT lora_id, file_path, file_name, sha256 FROM weight_fingerprints "
+                "WHERE lora_id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
+                [list(lora_ids)],
             ).fetchall()
         return {str(r[0]): {"file_path": r[1], "file_name": r[2], "sha256": r[3]} for r in rows}
 
@@ -144,7 +146,9 @@ class FingerprintRepository:
             values.append([json.dumps(r.get("detail") or {}) if c == "detail" else r.get(c) for c in MATCH_COLUMNS])
         with self._db.transaction() as con:
             con.executemany(
-                f"INSERT OR REPLACE INTO weight_matches ({', '.join(MATCH_COLUMNS)}) VALUES ({', '.join('?' * len(MATCH_COLUMNS))})",
+                f"INSERT INTO weight_matches ({', '.join(MATCH_COLUMNS)}) VALUES ({', '.join('?' * len(MATCH_COLUMNS))}) "
+                "ON CONFLICT (lora_id, other_id) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in MATCH_COLUMNS if c not in ("lora_id", "other_id")),
                 values,
             )
             self._db.bump(con)
@@ -165,7 +169,7 @@ class FingerprintRepository:
             sql += " AND m.lora_id = ?"
             params.append(lora_id)
         if labels is not None:
-            sql += " AND list_contains(?, m.label)"
+            sql += " AND m.label IN (SELECT unnest(CAST(? AS VARCHAR[])))"
             params.append(list(labels))
         sql += " ORDER BY abs(m.cosine) DESC, m.other_id"
         with self._db.session() as con:

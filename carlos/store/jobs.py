@@ -86,13 +86,14 @@ class JobRepository:
 
     def claim_next(self, worker: str, stale_after_s: float, job_id: int | None = None) -> dict[str, Any] | None:
         """Atomically take the oldest queued job (or ``job_id``), or a running one whose
-        worker went silent for ``stale_after_s``."""
+        worker went silent for ``stale_after_s``, or ``job_id`` when it is this worker's own
+        running job (resumed after the store was unreachable)."""
         with self._db.transaction() as con:
             row = con.execute(
                 "SELECT job_id FROM jobs WHERE (status = 'queued' OR (status = 'running' AND "
-                "heartbeat < now() - to_seconds(?))) AND (? IS NULL OR job_id = ?) "
-                "ORDER BY job_id LIMIT 1",
-                [float(stale_after_s), job_id, job_id],
+                "(heartbeat < now() - to_seconds(?) OR (worker = ? AND job_id = ?)))) "
+                "AND (CAST(? AS BIGINT) IS NULL OR job_id = ?) ORDER BY job_id LIMIT 1",
+                [float(stale_after_s), worker, job_id, job_id, job_id],
             ).fetchone()
             if row is None:
                 return None

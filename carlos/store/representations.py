@@ -170,7 +170,6 @@ class RepresentationRepository:
         )
         view = "carlos_bulk_rows"
         with self._db.transaction() as con:
-            con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on stdout (--json)
             con.register(view, table)
             try:
                 clash = con.execute(
@@ -313,7 +312,6 @@ class RepresentationRepository:
             "WHERE k = 1"
         )
         with self._db.session() as con, _memory_limit(con, memory_limit):
-            con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on stdout (--json)
             n, dmin, dmax = con.execute(
                 f"SELECT count(*), min(dim), max(dim) FROM representations WHERE embedder = ? AND rep_id IN ({latest})",
                 [embedder, embedder],
@@ -353,8 +351,9 @@ class RepresentationRepository:
 
 @contextlib.contextmanager
 def _memory_limit(con: Any, limit: str | None) -> Iterator[None]:
-    """Temporarily cap DuckDB's memory (buffer pool) on this connection's database."""
-    if limit is None:
+    """Temporarily cap DuckDB's memory (buffer pool) on this connection's database (PostgreSQL's
+    server manages its own)."""
+    if limit is None or con.dialect != "duckdb":
         yield
         return
     before = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]

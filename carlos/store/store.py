@@ -44,11 +44,12 @@ from typing import Any
 
 from carlos.errors import StoreBusyError
 from carlos.store.caches import CacheRepository
-from carlos.store.changes import AREAS, ChangeTokens, LazyConnection
+from carlos.store.changes import AREAS, ChangeTokens, LazyConnection, Tokens
 from carlos.store.engine import attach, process_lock
 from carlos.store.fingerprints import FingerprintRepository
 from carlos.store.jobs import JobRepository
 from carlos.store.loras import LoraRepository
+from carlos.store.postgres import RECONNECT_S, ChangeTable, Pool, is_url, local_path, redact
 from carlos.store.representations import RepresentationRepository
 from carlos.store.review import ReviewRepository
 from carlos.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -68,12 +69,20 @@ class Store:
     connections_opened: int = 0
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 60.0) -> None:
-        self.path = Path(path)
+        #: The PostgreSQL URL of a team store (never shown: :attr:`where` is), None for a DuckDB file.
+        self.url: str | None = str(path) if is_url(path) else None
+        # A team store's local folder (caches, uploads) is the data folder; its name never holds a secret.
+        self.path = Path(path) if self.url is None else local_path(self.url)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.lock_timeout = lock_timeout
         self._local = threading.local()
         self.stamp_path = self.path.with_name(self.path.name + ".version")
-        self.changes = ChangeTokens(self.path.with_name(self.path.name + ".changes"))
+        self.changes: Tokens = ChangeTokens(self.path.with_name(self.path.name + ".changes"))
+        #: How long a session waits for an unreachable PostgreSQL server (a restart) before giving up.
+        self.reconnect_s = RECONNECT_S
+        if self.url is not None:
+            self._pool = Pool.of(self.url)
+            self.changes = ChangeTable(self._pool)
         self._version_memo: tuple[str | None, int] | None = None  # (stamp token read before, version)
         self.loras = LoraRepository(self)
         self.reps = RepresentationRepository(self)
@@ -110,10 +119,19 @@ class Store:
             self._local.con = None
             con.close()
 
+    @property
+    def where(self) -> str:
+        """The store as messages and pages may name it: the file, or the URL without credentials."""
+        return str(self.path) if self.url is None else redact(self.url)
+
     def _connect(self) -> Any:
         """The file attached to this process's DuckDB instance for it (the caller holds the file
-        lock; :mod:`carlos.store.engine` says why not ``duckdb.connect``)."""
-        con = attach(self.path)
+        lock; :mod:`carlos.store.engine` says why not ``duckdb.connect``), or a pooled PostgreSQL
+        connection holding the store's session lock."""
+        if self.url is not None:
+            con: Any = self._pool.session(self.lock_timeout, self.reconnect_s)
+        else:
+            con = attach(self.path)
         Store.connections_opened += 1  # under the lock: no two threads add at once
         return con
 
@@ -144,6 +162,11 @@ class Store:
         memory from one read is freed before the next (``load_view`` reads a million-row
         frame, then the matrix).
         """
+        if self.url is not None:  # one connection holds the session lock; reads inside share it
+            with self.session() as con:
+                con.execute("SELECT 1")
+                yield
+            return
         with self._file_lock():
             yield
 
@@ -151,6 +174,13 @@ class Store:
     def _file_lock(self) -> Iterator[None]:
         if getattr(self._local, "locked", False):  # this thread holds it already (see locked())
             yield
+            return
+        if self.url is not None:  # PostgreSQL: the session's connection takes the lock (SessionConnection)
+            self._local.locked = True
+            try:
+                yield
+            finally:
+                self._local.locked = False
             return
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout
@@ -193,8 +223,12 @@ class Store:
     # -- schema --------------------------------------------------------------------------------
     def migrate(self) -> int:
         """Apply pending migrations; returns the schema version."""
+        if isinstance(self.changes, ChangeTable):
+            self.changes.create()  # before any write: every write statement bumps a token in it
         with self.transaction() as con:
-            known = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'").fetchone()[0]
+            known = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations' AND table_schema = current_schema()"
+            ).fetchone()[0]
             if not known:  # a new file (an open of a current store writes nothing: cached reads stay valid)
                 con.execute(
                     "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
@@ -202,7 +236,7 @@ class Store:
                 )
             done = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
             if self.changes.token() is None:  # a store from before change tokens: these now vouch for reads
-                self.changes.bump(AREAS)
+                self.changes.bump(AREAS, con)
             for version, name, statements in MIGRATIONS:
                 if version in done:
                     continue
@@ -211,7 +245,7 @@ class Store:
                 con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
                 log.info("store %s: applied migration %d (%s)", self.path, version, name)
                 self._write_stamp()  # a new or changed file: a leftover stamp must not vouch for it
-                self.changes.bump(AREAS)
+                self.changes.bump(AREAS, con)
         return self.schema_version()
 
     def schema_version(self) -> int:
@@ -235,6 +269,8 @@ class Store:
         self._write_stamp()
 
     def _write_stamp(self) -> None:
+        if self.url is not None:  # a team store's version is read from the database (one small query)
+            return
         """New random token in ``<db>.version``. Called under the file lock, before the commit:
         a reader that sees the new token must take the lock to read the version, so it reads
         the committed one; a rolled-back write only costs readers one needless re-read."""
@@ -261,6 +297,8 @@ class Store:
         return self._read_stamp()
 
     def _read_stamp(self) -> str | None:
+        if self.url is not None:
+            return None
         try:
             return self.stamp_path.read_text()
         except OSError:  # no stamp yet (a store from before stamps): read the database
@@ -279,7 +317,7 @@ class Store:
             return memo[1]
         with self.session() as con:
             row = con.execute("SELECT value FROM meta WHERE key = 'data_version'").fetchone()
-            if token is None:  # under the lock no writer can change the version or the stamp
+            if token is None and self.url is None:  # under the lock no writer can change the version or the stamp
                 token = self._read_stamp() or self._stamp_if_possible()
         version = int(row[0]) if row else 0
         self._version_memo = (token, version)
@@ -288,5 +326,11 @@ class Store:
     def table_counts(self) -> dict[str, int]:
         """Row counts per table (diagnostics, tests)."""
         with self.session() as con:
-            tables = [r[0] for r in con.execute("SHOW TABLES").fetchall()]
+            tables = [
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+                    "AND table_type = 'BASE TABLE' AND table_name <> 'change_tokens' ORDER BY 1"
+                ).fetchall()
+            ]
             return {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in tables}

@@ -33,8 +33,8 @@ class Clock:
         return self.now
 
 
-def _store(tmp_path: Path, **limits: float) -> tuple[Store, Clock]:
-    store = Store.open(tmp_path / "c.duckdb")
+def _store(backend: str, **limits: float) -> tuple[Store, Clock]:
+    store = Store.open(backend)
     clock = Clock()
     store.caches.limits = CacheLimits(**limits)
     store.caches.clock = clock
@@ -52,8 +52,8 @@ def _put(store: Store, clock: Clock, key: str, dim: int = 8) -> bool:
     return store.caches.put_vector(KIND, key, np.ones(dim, np.float32), {"query": key})
 
 
-def test_vector_cache_evicts_the_least_recently_used_beyond_the_entry_limit(tmp_path: Path) -> None:
-    store, clock = _store(tmp_path, vector_max_entries=3, touch_interval_s=0)
+def test_vector_cache_evicts_the_least_recently_used_beyond_the_entry_limit(backend: str) -> None:
+    store, clock = _store(backend, vector_max_entries=3, touch_interval_s=0)
     for k in ("q0", "q1", "q2"):
         assert _put(store, clock, k)
     clock.tick()
@@ -68,8 +68,8 @@ def test_vector_cache_evicts_the_least_recently_used_beyond_the_entry_limit(tmp_
     assert store.caches.vector_usage().entries == 3
 
 
-def test_lru_order_follows_reads_not_insertion(tmp_path: Path) -> None:
-    store, clock = _store(tmp_path, vector_max_entries=4, touch_interval_s=0)
+def test_lru_order_follows_reads_not_insertion(backend: str) -> None:
+    store, clock = _store(backend, vector_max_entries=4, touch_interval_s=0)
     for k in ("q0", "q1", "q2", "q3"):
         _put(store, clock, k)
     for k in ("q2", "q0", "q3", "q1"):  # read in this order: oldest use first
@@ -84,9 +84,9 @@ def test_lru_order_follows_reads_not_insertion(tmp_path: Path) -> None:
     assert evicted == ["q2", "q0", "q3"]
 
 
-def test_vector_cache_evicts_by_bytes_and_refuses_an_entry_larger_than_the_limit(tmp_path: Path) -> None:
+def test_vector_cache_evicts_by_bytes_and_refuses_an_entry_larger_than_the_limit(backend: str) -> None:
     one = vector_entry_bytes(KIND, "q0", 64, '{"query": "q0"}')
-    store, clock = _store(tmp_path, vector_max_bytes=3 * one + one // 2, touch_interval_s=0)
+    store, clock = _store(backend, vector_max_bytes=3 * one + one // 2, touch_interval_s=0)
     for k in ("q0", "q1", "q2", "q3", "q4"):
         assert _put(store, clock, k, dim=64)
     usage = store.caches.vector_usage()
@@ -97,8 +97,8 @@ def test_vector_cache_evicts_by_bytes_and_refuses_an_entry_larger_than_the_limit
     assert store.caches.get_vector(KIND, "huge") is None and store.caches.vector_usage().entries == 3
 
 
-def test_a_read_refreshes_last_use_only_after_the_touch_interval(tmp_path: Path) -> None:
-    store, clock = _store(tmp_path, vector_max_entries=2, touch_interval_s=60)
+def test_a_read_refreshes_last_use_only_after_the_touch_interval(backend: str) -> None:
+    store, clock = _store(backend, vector_max_entries=2, touch_interval_s=60)
     _put(store, clock, "q0")
     _put(store, clock, "q1")
     clock.tick(30)
@@ -116,8 +116,8 @@ def _map(store: Store, clock: Clock, key: str, n: int = 10) -> bool:
     return store.caches.put_map(key, [f"l:{i}" for i in range(n)], np.arange(2 * n, dtype=float).reshape(n, 2))
 
 
-def test_map_cache_evicts_whole_maps_by_entries_and_bytes(tmp_path: Path) -> None:
-    store, clock = _store(tmp_path, map_max_entries=2, touch_interval_s=0)
+def test_map_cache_evicts_whole_maps_by_entries_and_bytes(backend: str) -> None:
+    store, clock = _store(backend, map_max_entries=2, touch_interval_s=0)
     assert _map(store, clock, "m0") and _map(store, clock, "m1")
     clock.tick()
     assert len(store.caches.get_map("m0")) == 10  # a use: m1 is now the oldest
