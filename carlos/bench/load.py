@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from carlos.bench.common import machine_info, stamp
 from carlos.bench.load_clients import LOCKED, PAGE_CHECKS, Action, chromium_sessions, plan, websocket_action, websocket_sessions
@@ -76,6 +77,7 @@ class LoadBenchConfig:
     port: int | None = None  # the public port (the proxy's with replicas)
     seed: int = 0
     workdir: str | None = None
+    store_url: str | None = None  # a PostgreSQL server: the store copy is a new database on it (never reported)
 
     def __post_init__(self) -> None:
         if self.client not in CLIENTS:
@@ -119,12 +121,22 @@ print(json.dumps({"keys": [str(k) for k in keys], "job_ids": job_ids}))
 """
 
 
-def prepare_store(cfg: LoadBenchConfig, db: Path, root: Path, app_dir: Path, env: dict[str, str]) -> tuple[Path, list[str], list[int]]:
-    """The store copy in ``root``, the LoRA keys of detail pages and the queued job ids, made by
-    the code of ``app_dir`` (:data:`PREPARE`)."""
-    copy = root / "carlos.duckdb"
-    shutil.copy(db, copy)
-    args = {"db": str(copy), "root": str(root), "seed": cfg.seed, "n_loras": cfg.n_loras}
+def prepare_store(cfg: LoadBenchConfig, db: Path, root: Path, app_dir: Path, env: dict[str, str]) -> tuple[str, list[str], list[int]]:
+    """The store copy (a file in ``root``, or a new database on ``cfg.store_url``'s server filled by
+    ``store copy``), the LoRA keys of detail pages and the queued job ids, made by the code of
+    ``app_dir`` (:data:`PREPARE`)."""
+    if cfg.store_url:
+        from carlos.store.postgres import create_database
+        from carlos.store.store import Store
+        from carlos.store.transfer import copy_store
+
+        copy = create_database(cfg.store_url, f"carlos_load_{os.urandom(5).hex()}")
+        if not copy_store(Store.open(db), Store.open(copy)).ok:
+            raise InvalidInputError("copying the store into the PostgreSQL database did not verify")
+    else:
+        copy = str(root / "carlos.duckdb")
+        shutil.copy(db, copy)
+    args = {"db": copy, "root": str(root), "seed": cfg.seed, "n_loras": cfg.n_loras}
     args |= {"worker_jobs": cfg.worker_jobs if cfg.worker else 0, "protocol": cfg.protocol}
     done = subprocess.run(
         [sys.executable, "-c", PREPARE, json.dumps(args)], cwd=app_dir, env=env, capture_output=True, text=True, timeout=900
@@ -182,6 +194,8 @@ async def _warm(servers: dict[str, str], actions: list[Action]) -> dict[str, tup
 def run_load_bench(cfg: LoadBenchConfig, db: Path, *, baseline: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark on copies of the store at ``db`` (see the module docstring); with
     ``baseline``, first against that revision, and the current tree's result carries it."""
+    if cfg.store_url and baseline:
+        raise InvalidInputError("--baseline runs another revision on the embedded store only; run --store without it")
     root = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="carlos-bench-load-"))
     root.mkdir(parents=True, exist_ok=True)
     if baseline is None:
@@ -204,13 +218,34 @@ def run_load_bench(cfg: LoadBenchConfig, db: Path, *, baseline: str | None = Non
 
 def run_side(cfg: LoadBenchConfig, db: Path, root: Path, app_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
     """One run of the load against the app of ``app_dir`` (this repository or a worktree)."""
-    from carlos.store.store import Store
-
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CARLOS_REVIEWER": "load-bench", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(app_dir)}
     env.pop("CARLOS_REVIEWERS", None)
+    env.pop("CARLOS_STORE", None)  # the copy, never the store the command was started on
     copy, keys, job_ids = prepare_store(cfg, db, root, app_dir, env)
-    env["CARLOS_DB"] = str(copy)
+    env["CARLOS_STORE" if cfg.store_url else "CARLOS_DB"] = copy
+    try:
+        return _run_prepared(cfg, root, app_dir, env, copy, keys, job_ids, progress)
+    finally:
+        if cfg.store_url:  # the scratch database goes; a file copy stays with the logs
+            from carlos.store.postgres import drop_database
+
+            drop_database(cfg.store_url, urlsplit(copy).path.strip("/"))
+
+
+def _run_prepared(
+    cfg: LoadBenchConfig,
+    root: Path,
+    app_dir: Path,
+    env: dict[str, str],
+    copy: str,
+    keys: list[str],
+    job_ids: list[int],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    from carlos.store.postgres import redact
+    from carlos.store.store import Store
+
     actions = plan(cfg.queries, keys, pages=cfg.pages)
     port = cfg.port or free_port()
     worker_log = root / "worker.log"
@@ -231,7 +266,7 @@ def run_side(cfg: LoadBenchConfig, db: Path, root: Path, app_dir: Path, progress
         running_after = None
         if cfg.worker:
             t0 = time.perf_counter()
-            command = [sys.executable, "-m", "carlos", "--db", str(copy), "worker", "--poll", "0.5"]
+            command = [sys.executable, "-m", "carlos", *(() if cfg.store_url else ("--db", copy)), "worker", "--poll", "0.5"]
             worker = spawn(command, worker_log, env, cwd=app_dir)
             roots["worker"] = worker.pid
             while time.perf_counter() - t0 < 300 and not any(int(store.jobs.get(j)["done"]) > 0 for j in job_ids):
@@ -253,7 +288,8 @@ def run_side(cfg: LoadBenchConfig, db: Path, root: Path, app_dir: Path, progress
         "benchmark": "load",
         "when": stamp(),
         "machine": machine_info(),
-        "config": asdict(cfg),
+        "config": asdict(cfg) | {"store_url": redact(cfg.store_url) if cfg.store_url else None},
+        "store": "postgresql" if cfg.store_url else "duckdb",
         "app": str(app_dir),
         "warm_up_s": {k: w[0] for k, w in warm.items()},
         "warm_up_errors": [f"{k}: {w[1]}" for k, w in warm.items() if w[1]],

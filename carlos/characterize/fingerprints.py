@@ -275,7 +275,7 @@ def _resolve(store: Store, key: str) -> str:
     if lora_id is not None and store.fingerprints.get(lora_id) is not None:
         return lora_id
     raise InvalidInputError(
-        f"{text!r} is neither a file nor a fingerprinted LoRA in {store.path}; store one with `python -m carlos fingerprint FILE --add`"
+        f"{text!r} is neither a file nor a fingerprinted LoRA in {store.where}; store one with `python -m carlos fingerprint FILE --add`"
     )
 
 

@@ -424,7 +424,7 @@ def characterize_on_ray(
         found = [(job_id, store.jobs.get(job_id)) for job_id in dict.fromkeys(int(j) for j in job_ids)]
     for job_id, job in found:
         if job is None:
-            raise InvalidInputError(f"no job {job_id} in {store.path}")
+            raise InvalidInputError(f"no job {job_id} in {store.where}")
         if job["status"] in ("finished", "failed", "cancelled"):
             report.skipped[job_id] = f"already {job['status']}"
         else:

@@ -169,6 +169,7 @@ def _bench_review(args: argparse.Namespace) -> int:
 def _bench_load(args: argparse.Namespace) -> int:
     from carlos.bench.load import LoadBenchConfig, run_load_bench
     from carlos.bench.load_report import load_bench_markdown, load_bench_text
+    from carlos.store.postgres import is_url
 
     pages = tuple(p.strip() for p in args.pages.split(",") if p.strip())
     cfg = LoadBenchConfig(
@@ -182,18 +183,20 @@ def _bench_load(args: argparse.Namespace) -> int:
         port=args.port,
         seed=args.seed,
         workdir=args.workdir,
+        store_url=args.store if is_url(args.store) else None,  # the server to run on; the data comes from the file
     )
-    store = open_store(args) if args.db or Path(_default_db()).exists() else None
-    if store is None:
+    source = Path(args.db) if args.db else Path(_default_db())
+    if not source.exists():
         raise InvalidInputError("bench load copies an existing store: run `python -m carlos corpus import` first, or pass --db")
     bar, update = progress_bar("seconds", disabled=args.quiet or args.json or args.markdown)
-    result = run_load_bench(cfg, store.path, baseline=args.baseline, progress=update)
+    result = run_load_bench(cfg, source, baseline=args.baseline, progress=update)
     close(bar)
     cmd = f"python -m carlos bench load --sessions {args.sessions} --seconds {args.seconds:g} --client {args.client}"
     cmd += f" --think {args.think:g}" if args.think != 0.5 else ""
     cmd += f" --replicas {args.replicas}" if args.replicas != 1 else ""
     cmd += f" --baseline {args.baseline}" if args.baseline else ""
     cmd += " --no-worker" if args.no_worker else ""
+    cmd += " --store postgresql://…" if cfg.store_url else ""
     result["command"] = cmd
     code = _finish(args, "load", result, load_bench_text(result), load_bench_markdown(result, cmd))
     return code if result["ok"] else 1

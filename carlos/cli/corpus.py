@@ -29,7 +29,7 @@ def _corpus_import(args: argparse.Namespace) -> int:
     text = (
         f"{res.source}: {res.rows} LoRAs already imported (sha256 {res.file_sha256[:12]}…); nothing changed"
         if res.already_imported
-        else f"imported {res.rows} LoRAs ({res.added_loras} new) from {res.source} into {store.path}"
+        else f"imported {res.rows} LoRAs ({res.added_loras} new) from {res.source} into {store.where}"
     )
     out = dict(res.__dict__)
     if not args.no_map:  # the default map is fitted here, so no dashboard visitor ever has to

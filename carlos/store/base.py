@@ -23,6 +23,11 @@ class Database(Protocol):
         """The DuckDB file (named in error messages)."""
         ...
 
+    @property
+    def where(self) -> str:
+        """The store as messages may name it (a URL without credentials)."""
+        ...
+
     def session(self) -> AbstractContextManager[Any]:
         """A locked connection, reused by nested calls in the same thread."""
         ...

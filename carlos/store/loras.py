@@ -84,7 +84,7 @@ class LoraRepository:
                 [text, text.lower(), text],
             ).fetchone()
         if not found:
-            raise NotFoundError(f"no LoRA with id, version id or sha256 {text!r} in {self._db.path}")
+            raise NotFoundError(f"no LoRA with id, version id or sha256 {text!r} in {self._db.where}")
         return str(found[0])
 
     def find_by_sha256(self, sha256: str) -> str | None:

@@ -48,8 +48,8 @@ def redact(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    query = "" if not parts.query else "…"  # host=/socket/dir, sslmode…: may name paths, never secrets, but keep it short
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    query = "?…" if parts.query else ""  # host=/socket/dir, sslmode…: options, not named (a password may hide there too)
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
 def local_path(url: str, folder: str | Path | None = None) -> Path:
@@ -63,6 +63,32 @@ def local_path(url: str, folder: str | Path | None = None) -> Path:
     digest = hashlib.sha256(f"{netloc}{parts.path}?{parts.query}".encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9_-]", "", parts.path.strip("/")) or "postgres"
     return Path(folder) / f"team-{name}-{digest}"
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` naming the database ``name`` on the same server, as the same role."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+def create_database(url: str, name: str) -> str:
+    """A new, empty database ``name`` on ``url``'s server (the role needs CREATEDB); returns its URL."""
+    import psycopg
+
+    if not name.isidentifier():
+        raise ValueError(f"not a database name: {name!r}")
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    return with_database(url, name)
+
+
+def drop_database(url: str, name: str) -> None:
+    """Drop ``name`` on ``url``'s server (its connections are ended), closing this process's pool of it."""
+    import psycopg
+
+    Pool.close(with_database(url, name))
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def scrub(message: str, url: str) -> str:

@@ -243,7 +243,7 @@ class Store:
                 for stmt in statements:
                     con.execute(stmt)
                 con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
-                log.info("store %s: applied migration %d (%s)", self.path, version, name)
+                log.info("store %s: applied migration %d (%s)", self.where, version, name)
                 self._write_stamp()  # a new or changed file: a leftover stamp must not vouch for it
                 self.changes.bump(AREAS, con)
         return self.schema_version()

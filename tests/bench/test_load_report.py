@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from carlos.bench.load import LoadBenchConfig, prepare_store, worktree
+from carlos.bench.load import LoadBenchConfig, prepare_store, run_load_bench, worktree
 from carlos.bench.load_clients import Outcome, check_elements, draw, plan
 from carlos.bench.load_procs import ProcessMeter, memory_kib
 from carlos.bench.load_report import evaluate_targets, load_bench_markdown, load_bench_text, page_rows, process_rows, summarize, targets_met
 from carlos.config import REPO_ROOT
 from carlos.errors import InvalidInputError
+from carlos.store.store import Store
 
 PAGES = ("search", "detail", "risk", "map", "review")
 
@@ -152,8 +153,27 @@ def test_store_is_prepared_by_the_trees_own_code(real_store_path: Path, tmp_path
     cfg = LoadBenchConfig(n_loras=3, worker_jobs=1)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "HOME": str(tmp_path)}
     copy, keys, job_ids = prepare_store(cfg, real_store_path, tmp_path, REPO_ROOT, env)
-    assert copy == tmp_path / "carlos.duckdb" and copy.exists() and len(keys) == 4 and len(job_ids) == 1
+    assert copy == str(tmp_path / "carlos.duckdb") and Path(copy).exists() and len(keys) == 4 and len(job_ids) == 1
     assert (tmp_path / "load-0.safetensors").exists() and all(k.startswith("civitai:") for k in keys[:3])
+
+
+def test_on_a_team_store_the_copy_is_a_new_database_that_goes_afterwards(real_store_path: Path, tmp_path: Path, pg_server: Any) -> None:
+    import psycopg
+
+    from carlos.store.postgres import drop_database
+
+    admin = pg_server.get_uri()
+    cfg = LoadBenchConfig(n_loras=3, worker_jobs=1, store_url=admin)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "HOME": str(tmp_path)}
+    copy, keys, job_ids = prepare_store(cfg, real_store_path, tmp_path, REPO_ROOT, env)
+    name = copy.split("?")[0].rsplit("/", 1)[1]
+    assert name.startswith("carlos_load_") and len(keys) == 4 and len(job_ids) == 1
+    assert Store(copy).table_counts()["loras"] == 741  # the corpus copied, and the queued upload
+    drop_database(admin, name)
+    with psycopg.connect(admin) as con:
+        assert con.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [name]).fetchone()[0] == 0
+    with pytest.raises(InvalidInputError, match="embedded store only"):
+        run_load_bench(cfg, real_store_path, baseline="HEAD")
 
 
 def test_baseline_worktree_is_made_and_removed() -> None:

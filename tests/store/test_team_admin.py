@@ -17,7 +17,11 @@ from carlos.characterize import jobs
 from carlos.core.access import CurrentUser
 from carlos.errors import InvalidInputError, PermissionDeniedError
 from carlos.files.testing import make_test_lora
+from carlos.pagemodels.corpus_pages import read_review
+from carlos.pagemodels.detail import build_detail, read_detail
 from carlos.review import workflow
+from carlos.search.retrievers import SearchConfig
+from carlos.search.service import SearchService
 from carlos.store.roles import apply_roles
 from carlos.store.store import Store
 from carlos.store.transfer import copy_store
@@ -84,6 +88,20 @@ def test_copy_to_postgres_and_back_is_verified(real_store_path: Path, pg_url: st
     report = copy_store(source, team)
     assert report.ok and {t.table: t.target_rows for t in report.tables}["representations"] == 741
     assert team.reps.corpus_frame("ViT-B-32/openai")["lora_id"].tolist() == source.reps.corpus_frame("ViT-B-32/openai")["lora_id"].tolist()
+    # the dashboard's page models and the search service read the same from the team store
+    for key in ("civitai:160844", "civitai:148554"):
+        on_file, on_team = read_detail(source, key), read_detail(team, key)
+        assert (on_team.lora_id, on_team.status, len(on_team.reps)) == (on_file.lora_id, on_file.status, len(on_file.reps))
+        model_file, model_team = build_detail(on_file, on_file.basics.saved), build_detail(on_team, on_team.basics.saved)
+        assert (
+            model_team.flags == model_file.flags
+            and model_team.representations["Strength"].tolist() == model_file.representations["Strength"].tolist()
+        )
+    assert read_review(team).log["note"].tolist() == read_review(source).log["note"].tolist()
+    config = SearchConfig(retriever="bm25")
+    assert [h.lora_id for h in SearchService(team).search("pixel art", config).hits] == [
+        h.lora_id for h in SearchService(source).search("pixel art", config).hits
+    ]
     with pytest.raises(InvalidInputError, match="not empty"):
         copy_store(source, team)
     assert copy_store(source, team, force=True).ok
