@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from carlos.errors import PermissionDeniedError, StoreBusyError, StoreUnavailableError
+from carlos.errors import InvalidInputError, PermissionDeniedError, StoreBusyError, StoreUnavailableError
 from carlos.store.dialect import to_postgres
 
 #: Type OIDs whose NULLs become NaN in ``df()`` (as DuckDB's frames have them), and timestamps.
@@ -76,7 +76,7 @@ def create_database(url: str, name: str) -> str:
     import psycopg
 
     if not name.isidentifier():
-        raise ValueError(f"not a database name: {name!r}")
+        raise InvalidInputError(f"not a database name: {name!r}")
     with psycopg.connect(url, autocommit=True) as con:
         con.execute(f'CREATE DATABASE "{name}"')
     return with_database(url, name)
@@ -95,7 +95,7 @@ def scrub(message: str, url: str) -> str:
     """``message`` with any piece of ``url``'s credentials removed."""
     parts = urlsplit(url)
     for secret in (url, parts.password, parts.netloc):
-        if secret and len(secret) > 2:
+        if secret:
             message = message.replace(secret, "***")
     return message
 
@@ -234,7 +234,7 @@ class PostgresConnection:
     def register(self, name: str, table: Any) -> None:
         """``table`` (Arrow or pandas) as the temporary table ``name`` until :meth:`unregister`."""
         if not name.isidentifier():
-            raise ValueError(f"not a table name: {name!r}")
+            raise InvalidInputError(f"not a table name: {name!r}")
         if not hasattr(table, "schema"):  # a pandas frame, as DuckDB also takes
             import pyarrow as pa
 
