@@ -14,7 +14,7 @@ PORT   ?= 8501
 HOST   ?= 127.0.0.1
 WORKERS ?= $(shell nproc)
 
-.PHONY: run serve test setup store browser haproxy worker lint clean-store fuzz screenshots
+.PHONY: run serve test setup store corpus browser haproxy worker lint clean-store fuzz screenshots
 
 run: store
 	$(PY) -m streamlit run streamlit_app.py --server.headless true \
@@ -26,9 +26,14 @@ serve: store haproxy
 	$(PY) -m carlos --db $(STORE) serve --workers $(WORKERS) --port $(PORT) --host $(HOST)
 
 # Two pytest workers (pytest-xdist), one file per worker at a time: module fixtures (servers, a
-# characterized LoRA) are built once; ~8.5 min on 2 cores against ~12.5 min serially.
-test: store browser haproxy lint
+# characterized LoRA) are built once; ~8.5 min on 2 cores against ~12.5 min serially. The tests build
+# their stores from the verified corpus files themselves, so this fetches them (once, before the two
+# workers would race for them) instead of building data/carlos.duckdb and fitting its map (~30 s).
+test: corpus browser haproxy lint
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+corpus: setup
+	$(PY) -m carlos corpus fetch
 
 # A long fuzz of the upload validator: the fuzz tests only, under the "fuzz" hypothesis profile
 # (tests/conftest.py): ~205k examples, roughly an hour on 2 idle cores; FUZZ_MAX_EXAMPLES=1000 for ~20k.
@@ -38,11 +43,9 @@ fuzz: setup
 
 setup: $(STAMP)
 
-# --no-compile: Python compiles a module's bytecode when it is first imported anyway; compiling every file of
-# torch, ray, transformers… at install took 70 of the 145 s of a fresh install here (75 s without).
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt
 	@rm -f $(VENV)/.requirements-* && touch $@
 
 # Idempotent: a second import of the same verified file changes nothing.

