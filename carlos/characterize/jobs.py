@@ -326,6 +326,7 @@ class Worker:
         else:
             if rep is None:
                 log.info("job %d cancelled", job_id)
+        self._current = None
         return job_id
 
     def run(self, *, once: bool = False, poll_s: float = 2.0, max_jobs: int | None = None, progress: Progress | None = None) -> int:

@@ -269,11 +269,12 @@ class Store:
         self._write_stamp()
 
     def _write_stamp(self) -> None:
-        if self.url is not None:  # a team store's version is read from the database (one small query)
-            return
         """New random token in ``<db>.version``. Called under the file lock, before the commit:
         a reader that sees the new token must take the lock to read the version, so it reads
-        the committed one; a rolled-back write only costs readers one needless re-read."""
+        the committed one; a rolled-back write only costs readers one needless re-read. (A team
+        store has no stamp: its version is one small query.)"""
+        if self.url is not None:
+            return
         tmp = self.stamp_path.with_name(f"{self.stamp_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(os.urandom(16).hex())
         os.replace(tmp, self.stamp_path)  # atomic: readers see the old token or the new one

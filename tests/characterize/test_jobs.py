@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from carlos.characterize import jobs
 from carlos.core.access import CurrentUser
-from carlos.errors import InvalidLoRAFileError, UnsupportedBaseModelError
+from carlos.errors import InvalidLoRAFileError, StoreUnavailableError, UnsupportedBaseModelError
 from carlos.files.testing import make_test_lora
 from carlos.store.store import Store
 
@@ -145,3 +146,25 @@ def test_killed_worker_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) 
     assert got.consistency == pytest.approx(expected.consistency, rel=1e-4, abs=1e-6)
     np.testing.assert_allclose(got.direction, expected.direction, rtol=1e-4, atol=1e-5)
     assert done_before < 4
+
+
+def test_a_store_outage_mid_job_is_waited_for_and_the_job_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store.open(tmp_path / "s.duckdb")
+    lora = tmp_path / "l.safetensors"
+    make_test_lora(lora, seed=4)
+    sub = jobs.submit(store, lora, backend="tiny", protocol="smoke", user=USER)
+    real, calls = store.jobs.add_pair_results, []
+
+    def flaky(job_id: int, rows: Any) -> int:  # the second chunk meets a store that is down (a PostgreSQL restart)
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise StoreUnavailableError("the PostgreSQL store postgresql://db/carlos is unreachable: server closed the connection")
+        return real(job_id, rows)
+
+    monkeypatch.setattr(store.jobs, "add_pair_results", flaky)
+    worker = jobs.Worker(store, chunk_pairs=1, stale_after_s=3600)  # its own job is resumed, not left for a takeover
+    assert worker.run(once=True, poll_s=0.01) == 1
+    job = store.jobs.get(sub.job_id)
+    assert job["status"] == "finished" and job["done"] == job["total"] == 4 and job["error"] is None
+    meta, _ = store.jobs.pair_diffs(sub.job_id)
+    assert sorted(meta["pair_index"]) == [0, 1, 2, 3] and len(store.reps.of(sub.lora_id)) == 1
