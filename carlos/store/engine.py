@@ -80,6 +80,11 @@ class _Instance:
         self.con = duckdb.connect(":memory:", config={"temp_directory": f"{path}.tmp"})
         self.con.execute("SET enable_progress_bar = false")  # it would draw on stdout (--json output)
         self.closed = False
+        self.users = 0  # sessions using it (changed under _GUARD)
+
+    def release_use(self) -> None:
+        with _GUARD:
+            self.users -= 1
 
     def attach(self) -> AttachedConnection:
         cursor = self.con.cursor()
@@ -110,6 +115,7 @@ class _Instance:
             raise
         finally:
             cursor.close()
+            self.release_use()
 
     def close(self) -> None:
         with _GUARD:
@@ -121,45 +127,38 @@ class _Instance:
 
 def attach(path: Path) -> AttachedConnection:
     """``path`` attached to this process's instance for it (made on first use). The caller holds the
-    path's :func:`process_lock` and the store's file lock; an instance of another path is closed to
-    keep :data:`MAX_INSTANCES` only when no session of this process is using it."""
+    store's locks; an instance is closed to keep :data:`MAX_INSTANCES` only while no session uses it."""
     key = os.path.realpath(path)
-    with _GUARD:
+    with _GUARD:  # found and reserved at once: eviction never takes an instance a session is about to use
         instance = _INSTANCES.get(key)
-        if instance is not None:
-            _INSTANCES.move_to_end(key)
-    if instance is None:
-        instance = _Instance(Path(key))
-        with _GUARD:
-            _INSTANCES[key] = instance
-        _evict(keep=key)
+        if instance is None:
+            instance = _INSTANCES[key] = _Instance(Path(key))
+        _INSTANCES.move_to_end(key)
+        instance.users += 1
+    _evict(keep=key)
     try:
         return instance.attach()
     except Exception:
         # A broken instance (DuckDB invalidates one after an internal error) must not fail every later
         # session: drop it and try once on a new one; a second failure is the file's and is raised.
         instance.close()
-        instance = _Instance(Path(key))
         with _GUARD:
-            _INSTANCES[key] = instance
-        return instance.attach()
+            instance = _INSTANCES[key] = _Instance(Path(key))
+            instance.users += 1
+        try:
+            return instance.attach()
+        except BaseException:
+            instance.release_use()
+            raise
 
 
 def _evict(keep: str, limit: int = MAX_INSTANCES) -> None:
     with _GUARD:
-        extra = [k for k in _INSTANCES if k != keep][: max(0, len(_INSTANCES) - limit)]
-    for key in extra:
-        turn = process_lock(Path(key + ".lock"))
-        if not turn.acquire(blocking=False):
-            continue  # in use by a session of this process: evicted later
-        try:
-            with _GUARD:
-                instance = _INSTANCES.pop(key, None)
-            if instance is not None:
-                instance.closed = True
-                instance.con.close()
-        finally:
-            turn.release()
+        idle = [k for k, inst in _INSTANCES.items() if k != keep and inst.users == 0]
+        gone = [_INSTANCES.pop(k) for k in idle[: max(0, len(_INSTANCES) - limit)]]
+    for instance in gone:
+        instance.closed = True
+        instance.con.close()
 
 
 def release() -> None:
