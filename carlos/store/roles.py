@@ -18,7 +18,6 @@ from carlos.store.store import Store
 
 ROLES = ("carlos_dashboard", "carlos_worker", "carlos_readonly")
 
-_REVIEW = ("decisions", "claims", "threshold_settings")
 _CACHES = ("vector_cache", "text_embeddings", "map_cache", "map_cache_entries")
 _RESULTS = ("pair_results", "thumbnails", "job_rounds", "base_cache")
 _EVERYONE_WRITES = ("meta", "change_tokens")  # the data version and change tokens every write bumps
@@ -26,8 +25,8 @@ _EVERYONE_WRITES = ("meta", "change_tokens")  # the data version and change toke
 #: table -> privileges beyond SELECT, per role.
 WRITES: dict[str, dict[str, str]] = {
     "carlos_dashboard": {
-        **{t: "INSERT, UPDATE, DELETE" for t in (*_REVIEW, *_CACHES, *_EVERYONE_WRITES)},
         "decisions": "INSERT",  # the audit log is append-only, for the dashboard as for everyone
+        **{t: "INSERT, UPDATE, DELETE" for t in ("claims", "threshold_settings", *_CACHES, *_EVERYONE_WRITES)},
         "jobs": "INSERT, UPDATE",
         "loras": "INSERT",
         "weight_fingerprints": "INSERT, UPDATE",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from carlos.errors import InvalidInputError
 from carlos.store.store import Store
@@ -98,8 +99,7 @@ def copy_store(source: Store, target: Store, *, force: bool = False, progress: C
         # the version moves past both the source's and the target's own: max(both) + 1
         out.execute("UPDATE meta SET value = CAST(? AS VARCHAR) WHERE key = 'data_version' AND CAST(value AS BIGINT) < ?", [str(old), old])
         target.bump(out)
-    report = CopyReport(source.where, target.where, [_verify(source, target, t) for t in names])
-    return report
+    return CopyReport(source.where, target.where, [_verify(source, target, t) for t in names])
 
 
 def _version(con: Any) -> int:
@@ -113,8 +113,6 @@ def _copy_table(source: Store, out: Any, table: str, progress: Callable[[str, in
         for batch in reader:
             if batch.num_rows == 0:
                 continue
-            import pyarrow as pa
-
             chunk = pa.Table.from_batches([batch])
             # a column that is NULL throughout the batch has no type to give (PostgreSQL reads): left out, it is NULL
             chunk = chunk.select([f.name for f in chunk.schema if not pa.types.is_null(f.type)])
@@ -131,7 +129,7 @@ def _copy_table(source: Store, out: Any, table: str, progress: Callable[[str, in
 def _advance(con: Any, sequence: str, top: int) -> None:
     """Make ``nextval(sequence)`` return more than ``top`` (PostgreSQL sets it; DuckDB has no setval, so
     values are drawn until past it)."""
-    if getattr(con, "dialect", "duckdb") == "postgres":
+    if con.dialect == "postgres":
         con.execute("SELECT setval(?, ?, true)", [sequence, max(top, 1)])
         return
     current = con.execute(f"SELECT nextval('{sequence}')").fetchone()[0]
