@@ -45,8 +45,30 @@ def corpus_parquet() -> Path:
 
 @pytest.fixture(scope="session")
 def real_store_path(tmp_path_factory: pytest.TempPathFactory, corpus_parquet: Path) -> Path:
+    """A private copy of the real store, built once for all test processes (pytest-xdist workers
+    share the parent of their temporary folders): the corpus imported and the LoRA descriptions'
+    text embeddings stored, as ``corpus import`` leaves a store (~20 s of CPU, paid once)."""
+    import fcntl
+
+    from carlos.errors import WeightsUnavailableError
+    from carlos.search.service import SearchService
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "real-store"  # this run's, not an older one's
+    shared.mkdir(exist_ok=True)
+    built = shared / "carlos.duckdb"
+    with open(shared / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first process builds, the others wait for it
+        if not (shared / "done").exists():
+            store = Store.open(built)
+            import_parquet(store, corpus_parquet)
+            try:
+                SearchService(store).prepare_text_index()
+            except WeightsUnavailableError:
+                pass  # the text-embedding tests say why themselves
+            (shared / "done").touch()
     path = tmp_path_factory.mktemp("real") / "carlos.duckdb"
-    import_parquet(Store.open(path), corpus_parquet)
+    shutil.copy(built, path)
     return path
 
 

@@ -68,7 +68,7 @@ def test_every_page_renders_without_errors(server: str) -> None:
             for grid in page.locator('[data-testid="stDataFrame"]').all():  # canvas grids draw lazily
                 grid.scroll_into_view_if_needed()
             page.mouse.wheel(0, -100_000)
-            time.sleep(2.0)
+            time.sleep(0.5)  # the grids' canvases draw for the screenshot
             errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
             text = page.locator('[data-testid="stMain"]').inner_text()
             page.screenshot(path=str(SHOTS / f"{path}.png"), full_page=True)

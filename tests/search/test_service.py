@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -115,8 +117,10 @@ class CountingEmbedder:
     def __init__(self) -> None:
         self.embedded: list[int] = []
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], progress: Any = None) -> np.ndarray:
         self.embedded.append(len(texts))
+        if progress is not None:
+            progress(len(texts), len(texts))
         return np.asarray([[len(t), t.count("a"), t.count("e"), 1.0] for t in texts], dtype=np.float32)
 
 
@@ -140,6 +144,21 @@ def test_the_text_matrix_embeds_only_new_texts(store_copy: Store) -> None:
         con.execute("DELETE FROM text_embeddings")
     scratch = SearchService(store_copy, text_embedder_factory=lambda model: emb).text_matrix(view, None)[0]
     assert emb.embedded == [740, 1, 741] and np.array_equal(scratch, second)  # the same as embedding everything
+
+
+def test_prepared_text_index_spares_the_first_search(store_copy: Store) -> None:
+    """``corpus import`` embeds the descriptions ahead: a dashboard process's first text-embedding
+    search then embeds nothing but its query, and preparing again does nothing."""
+    emb = CountingEmbedder()
+    seen: list[tuple[int, int]] = []
+    model_id, embedded = SearchService(store_copy, text_embedder_factory=lambda model: emb).prepare_text_index(
+        progress=lambda done, total: seen.append((done, total))
+    )
+    assert (model_id, embedded) == ("counting-test", 740) and emb.embedded == [740] and seen == [(740, 740)]
+    assert SearchService(store_copy, text_embedder_factory=lambda model: emb).prepare_text_index() == ("counting-test", 0)
+    fresh = SearchService(store_copy, text_embedder_factory=lambda model: emb)
+    fresh.search("pixel art", SearchConfig(retriever="text-embedding", top_k=3))
+    assert emb.embedded == [740, 1]  # the query alone
 
 
 def test_a_new_data_version_with_the_same_texts_keeps_the_textual_indexes(store_copy: Store, monkeypatch: pytest.MonkeyPatch) -> None:
