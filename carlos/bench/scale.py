@@ -37,12 +37,16 @@ from carlos.core.index import BLOCK_ROWS, DirectionIndex, same_top_k
 from carlos.errors import InvalidInputError
 from carlos.models.int8 import FbgemmInt8
 from carlos.store.engine import release as release_store_memory
+from carlos.store.postgres import redact
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC_EMBEDDER = "synthetic/" + CORPUS_EMBEDDER
 P50_TARGET_MS = 100.0
 MEMORY_TARGET = 1.5
+#: A team store (PostgreSQL) against the embedded one at the same size: search after the first load
+#: and a page's store reads, each at most this many times DuckDB's p50.
+TEAM_TARGETS = {"team_search_ratio": 1.5, "team_page_read_ratio": 2.0}
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class ScaleBenchConfig:
     umap_max: int = 1_000_000  # ... up to this one
     umap_sample: int = 20_000  # points UMAP is fitted on; the rest are transformed
     library_max: int = 1_000_000  # also time load_view + ranking.by_direction up to this size
+    page_reads: int = 30  # detail-page reads timed per size (up to library_max)
     rank: int = 64  # principal axes of the synthetic model
     seed: int = 0
     isolate: bool = True  # one spawned process per stage (clean peak memory)
@@ -98,8 +103,7 @@ def _stage_import(model: CorpusModel, db: str, n: int, seed: int) -> dict[str, A
         if first is None:
             first = corpus_statistics(m, s, c)
     import_s = time.perf_counter() - t0
-    size = sum(p.stat().st_size for p in Path(db).parent.glob(Path(db).name + "*") if p.suffix != ".lock")
-    return {"import_s": import_s, "store_bytes": size, "stats_first_block": first}
+    return {"import_s": import_s, "store_bytes": store.size_bytes(), "stats_first_block": first}
 
 
 def _stage_serve(db: str, n_queries: int, top_k: int, exact_checks: int, model: CorpusModel, seed: int) -> dict:
@@ -206,6 +210,30 @@ def _stage_library(db: str, n_queries: int, top_k: int, model: CorpusModel, seed
     }
 
 
+def _stage_pages(db: str, reads: int, seed: int) -> dict[str, Any]:
+    """What a page render costs the store once the corpus view is in memory: the detail page's
+    reads (the LoRA, its representations, jobs, review, weight links, map region) of ``reads``
+    LoRAs, each read for the first time, as a page whose cached read missed does them."""
+    from carlos.pagemodels.detail import read_detail_uncached
+    from carlos.search.views import corpus_view
+    from carlos.store.store import Store
+
+    store = Store.open(db)
+    t0 = time.perf_counter()
+    view = corpus_view(store, SYNTHETIC_EMBEDDER)  # this process's first load of the view
+    first_view_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    keys = [view.ids[i] for i in rng.choice(len(view.ids), size=reads + 1, replace=False)]
+    read_detail_uncached(store, keys[0], SYNTHETIC_EMBEDDER)  # warm-up
+    times = []
+    for key in keys[1:]:
+        t = time.perf_counter()
+        data = read_detail_uncached(store, key, SYNTHETIC_EMBEDDER)
+        times.append(time.perf_counter() - t)
+        assert data.lora_id == key, (data.lora_id, key)
+    return {"first_view_s": first_view_s, "reads": reads, "detail_read": percentiles(times)}
+
+
 def _stage_umap(db: str, sample: int, seed: int) -> dict[str, Any]:
     from carlos.store.store import Store
     from carlos.viz.maps import MapConfig, fit_umap
@@ -258,10 +286,33 @@ def _call(isolate: bool, fn: Callable[..., dict], *args: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ driver
+def _team_store_row(config: ScaleBenchConfig, model: CorpusModel, server: str, n: int) -> dict[str, Any]:
+    """The same stages on a new database of the PostgreSQL ``server``, dropped afterwards."""
+    from carlos.store.postgres import create_database, drop_database
+
+    name = f"carlos_bench_scale_{n}_{os.urandom(4).hex()}"
+    url = create_database(server, name)
+    try:
+        out: dict[str, Any] = {"import": _call(config.isolate, _stage_import, model, url, n, config.seed)}
+        out["serve"] = _call(config.isolate, _stage_serve, url, config.queries, config.top_k, config.exact_checks, model, config.seed)
+        if n <= config.library_max:
+            out["library"] = _call(config.isolate, _stage_library, url, min(config.queries, 20), config.top_k, model, config.seed)
+            out["pages"] = _call(config.isolate, _stage_pages, url, config.page_reads, config.seed)
+        return out
+    finally:
+        drop_database(server, name)
+
+
 def run_scale_bench(
-    config: ScaleBenchConfig | None = None, *, store: Any = None, progress: Callable[[int, int], None] | None = None
+    config: ScaleBenchConfig | None = None,
+    *,
+    store: Any = None,
+    team_store: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Every stage for every size; returns a JSON-ready dict."""
+    """Every stage for every size; returns a JSON-ready dict. With ``team_store`` (a PostgreSQL URL)
+    the import, load, search and page-read stages also run on a new database of that server, side by
+    side with the DuckDB file (the URL is never reported)."""
     config = config or ScaleBenchConfig()
     info = machine_info()
     m, s, c, source = real_corpus(store)
@@ -283,13 +334,15 @@ def run_scale_bench(
                 if n <= config.library_max
                 else None
             )
+            row["pages"] = _call(config.isolate, _stage_pages, db, config.page_reads, config.seed) if n <= config.library_max else None
             row["umap"] = (
                 _call(config.isolate, _stage_umap, db, config.umap_sample, config.seed) if config.umap_min <= n <= config.umap_max else None
             )
-            rows.append(row)
             if not config.keep:
                 for p in root.glob(f"synthetic-{n}.duckdb*"):
                     p.unlink()
+            row["team_store"] = _team_store_row(config, model, team_store, n) if team_store else None
+            rows.append(row)
             if progress:
                 progress(i + 1, len(config.sizes))
     finally:
@@ -301,6 +354,7 @@ def run_scale_bench(
         "machine": info,
         "config": asdict(config),
         "model": {"source": source, "rank": int(model.components.shape[0]), "real": real_stats},
-        "targets": {"p50_ms_at_1M": P50_TARGET_MS, "peak_over_raw": MEMORY_TARGET},
+        "targets": {"p50_ms_at_1M": P50_TARGET_MS, "peak_over_raw": MEMORY_TARGET, **TEAM_TARGETS},
+        "team_store": redact(team_store) if team_store else None,
         "sizes": rows,
     }

@@ -30,6 +30,7 @@ _HEADERS = (
     "by_direction p50 ms",
     "by_direction p95 ms",
     "load_view peak / raw",
+    "detail read p50 ms",
     "UMAP fit s",
     "UMAP transform s",
 )
@@ -58,11 +59,95 @@ def _rows(result: dict[str, Any]) -> list[list[Any]]:
                 (lib.get("by_direction") or {}).get("p50_ms"),
                 (lib.get("by_direction") or {}).get("p95_ms"),
                 f"{lib['peak_over_raw']:.2f}x" if lib else None,
+                ((r.get("pages") or {}).get("detail_read") or {}).get("p50_ms"),
                 um.get("fit_s"),
                 um.get("transform_s"),
             ]
         )
     return out
+
+
+_TEAM_HEADERS = (
+    "LoRAs",
+    "store",
+    "import s",
+    "store MiB",
+    "load s",
+    "first view s",
+    "by_direction p50 ms",
+    "by_direction p95 ms",
+    "detail read p50 ms",
+    "detail read p95 ms",
+)
+
+
+def _team_rows(result: dict[str, Any]) -> list[list[Any]]:
+    out = []
+    for r in result["sizes"]:
+        if not r.get("team_store"):
+            continue
+        for label, part in (("DuckDB file", r), ("PostgreSQL", r["team_store"])):
+            lib, pages = part.get("library") or {}, part.get("pages") or {}
+            out.append(
+                [
+                    f"{r['n']:,}",
+                    label,
+                    part["import"]["import_s"],
+                    part["import"]["store_bytes"] / 2**20,
+                    part["serve"]["load_s"],
+                    pages.get("first_view_s"),
+                    (lib.get("by_direction") or {}).get("p50_ms"),
+                    (lib.get("by_direction") or {}).get("p95_ms"),
+                    (pages.get("detail_read") or {}).get("p50_ms"),
+                    (pages.get("detail_read") or {}).get("p95_ms"),
+                ]
+            )
+    return out
+
+
+def team_verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per size with a team-store run: PostgreSQL's p50 over DuckDB's for search (after the first
+    load) and for a page's store reads, against :data:`carlos.bench.scale.TEAM_TARGETS`."""
+    targets, out = result["targets"], []
+    for r in result["sizes"]:
+        team = r.get("team_store")
+        if not team or not team.get("library") or not r.get("library"):
+            continue
+        search = team["library"]["by_direction"]["p50_ms"] / r["library"]["by_direction"]["p50_ms"]
+        page = team["pages"]["detail_read"]["p50_ms"] / r["pages"]["detail_read"]["p50_ms"]
+        out.append(
+            {
+                "n": r["n"],
+                "search_ratio": search,
+                "search_met": search <= targets["team_search_ratio"],
+                "page_read_ratio": page,
+                "page_read_met": page <= targets["team_page_read_ratio"],
+            }
+        )
+    return out
+
+
+def _team_notes(result: dict[str, Any]) -> list[str]:
+    t = result["targets"]
+    return [
+        f"team store at {v['n']:,}: search p50 {v['search_ratio']:.2f}x DuckDB's (target <= {t['team_search_ratio']}: "
+        f"{'met' if v['search_met'] else 'NOT met'}), detail-page reads p50 {v['page_read_ratio']:.2f}x "
+        f"(target <= {t['team_page_read_ratio']}: {'met' if v['page_read_met'] else 'NOT met'})"
+        for v in team_verdicts(result)
+    ]
+
+
+def _team_section(result: dict[str, Any], table: Any) -> list[str]:
+    rows = _team_rows(result)
+    if not rows:
+        return []
+    return [
+        "",
+        "Team store (PostgreSQL, a new database on the given server) beside the DuckDB file, same corpora:",
+        "",
+        table(_TEAM_HEADERS, rows),
+        "",
+    ] + _team_notes(result)
 
 
 def _notes(result: dict[str, Any]) -> list[str]:
@@ -118,7 +203,7 @@ def _notes(result: dict[str, Any]) -> list[str]:
 
 def scale_bench_text(result: dict[str, Any]) -> str:
     head = f"Scale benchmark ({SYNTHETIC_EMBEDDER}); {machine_line(result['machine'])}"
-    return "\n".join([head, "", text_table(_HEADERS, _rows(result)), ""] + _notes(result))
+    return "\n".join([head, "", text_table(_HEADERS, _rows(result)), ""] + _notes(result) + _team_section(result, text_table))
 
 
 def scale_bench_markdown(result: dict[str, Any], command: str) -> str:
@@ -132,4 +217,7 @@ def scale_bench_markdown(result: dict[str, Any], command: str) -> str:
         markdown_table(_HEADERS, _rows(result)),
         "",
     ] + [f"- {n}" for n in _notes(result)]
+    team = _team_section(result, markdown_table)
+    if team:
+        lines += team[:4] + [f"- {n}" for n in team[4:] if n]
     return "\n".join(lines)

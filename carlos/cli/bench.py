@@ -73,13 +73,19 @@ def _bench_scale(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         keep=args.keep,
     )
+    from carlos.store.postgres import is_url
+
+    team = args.store if is_url(args.store) else None  # a PostgreSQL server: each size also runs on a new database there
     store = None
-    if args.db or Path(_default_db()).exists():
-        store = open_store(args)
+    if args.db or (team is None and Path(_default_db()).exists()):  # the released directions the model is fitted on
+        from carlos.store.store import Store
+
+        store = open_store(args) if team is None else Store.open(args.db)
     bar, update = progress_bar("sizes", disabled=args.quiet or args.json or args.markdown)
-    result = run_scale_bench(cfg, store=store, progress=update)
+    result = run_scale_bench(cfg, store=store, team_store=team, progress=update)
     close(bar)
-    cmd = f"python -m carlos bench scale --sizes {args.sizes} --n-queries {args.n_queries}"
+    cmd = "python -m carlos" + (" --store postgresql://…" if team else "")
+    cmd += f" bench scale --sizes {args.sizes} --n-queries {args.n_queries}"
     if args.library_max != 1_000_000:
         cmd += f" --library-max {args.library_max}"
     return _finish(args, "scale", result, scale_bench_text(result), scale_bench_markdown(result, cmd))

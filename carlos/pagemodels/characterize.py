@@ -32,7 +32,7 @@ def read_job(store: Store, job_id: int) -> JobPanel:
 
 
 def _job(store: Store, job_id: int) -> JobPanel:
-    with store.session():
+    with store.reading():
         job = results.job(store, job_id)
         if job is None:
             return JobPanel(None, None, None)

@@ -82,7 +82,7 @@ def read_overview(store: Store) -> OverviewData:
 
 
 def _overview(store: Store) -> OverviewData:
-    with store.session():
+    with store.reading():
         basics, statuses = _session(store)
         return OverviewData(
             basics,
@@ -142,7 +142,7 @@ def risk_figure(model: RiskModel, thresholds: Thresholds, axes: str, colour: str
 
 
 def _risk(store: Store) -> RiskData:
-    with store.session():
+    with store.reading():
         basics, statuses = _session(store)
         stored = results.stored_uncertainties(store, basics.view.frame) if basics.view is not None else {}
         return RiskData(basics, statuses, uncertainties=stored, threshold_history=review.threshold_history(store))
@@ -154,7 +154,7 @@ def read_review(store: Store) -> ReviewData:
 
 
 def _review(store: Store) -> ReviewData:
-    with store.session():
+    with store.reading():
         basics, statuses = _session(store)
         return ReviewData(basics, statuses, weight_groups=weight_groups.weight_groups(store), log=store.review.decisions())
 
@@ -181,7 +181,7 @@ def read_map(store: Store, config: maps.MapConfig) -> MapData:
 
 
 def _map_base(store: Store) -> MapData:
-    with store.session():
+    with store.reading():
         return MapData(*_session(store))
 
 
@@ -198,5 +198,5 @@ def read_basics_only(store: Store) -> Basics:
 
 
 def _basics_only(store: Store) -> Basics:
-    with store.session():
+    with store.reading():
         return read_basics(store)

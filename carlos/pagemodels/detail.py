@@ -73,7 +73,7 @@ def read_detail(store: Store, key: str | None) -> DetailData:
     """The view, the saved thresholds and everything stored about the LoRA named by ``key``, on
     one connection (none when the store did not change since the last read of ``key``). Map
     regions are read here too: finding a cached map never waits on a fit."""
-    return cached_read(store, ("detail", key), lambda: _read_detail(store, key), _areas(store, key))
+    return cached_read(store, ("detail", key), lambda: read_detail_uncached(store, key), _areas(store, key))
 
 
 #: What the page of a LoRA without jobs reads: no worker's pair results or heartbeats change it.
@@ -94,9 +94,10 @@ def _areas(store: Store, key: str | None) -> tuple[str, ...]:
     return AREAS if lid in with_jobs else WITHOUT_JOBS
 
 
-def _read_detail(store: Store, key: str | None) -> DetailData:
-    with store.session():
-        basics = read_basics(store)
+def read_detail_uncached(store: Store, key: str | None, embedder: str = CORPUS_EMBEDDER) -> DetailData:
+    """The uncached read (``bench scale`` times it on a synthetic corpus, whose space is ``embedder``)."""
+    with store.reading():
+        basics = read_basics(store, embedder)
         if key is None or basics.view is None:
             return DetailData(basics, key, None)
         lora_id = resolve_in_view(basics.view, key)

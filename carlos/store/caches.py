@@ -92,7 +92,7 @@ class CacheRepository:
                 return None
             now = self.clock()
             if self._stale(row[2], now):
-                con.execute("UPDATE vector_cache SET last_used = ? WHERE kind = ? AND cache_key = ?", [now, kind, key])
+                _touch(con, "UPDATE vector_cache SET last_used = ? WHERE kind = ? AND cache_key = ?", [now, kind, key])
         return np.asarray(row[0], dtype=np.float32), json.loads(row[1] or "{}")
 
     def has_vector(self, kind: str, key: str) -> bool:
@@ -171,7 +171,7 @@ class CacheRepository:
                 row = con.execute("SELECT last_used FROM map_cache_entries WHERE map_key = ?", [map_key]).fetchone()
                 now = self.clock()
                 if row is not None and self._stale(row[0], now):
-                    con.execute("UPDATE map_cache_entries SET last_used = ? WHERE map_key = ?", [now, map_key])
+                    _touch(con, "UPDATE map_cache_entries SET last_used = ? WHERE map_key = ?", [now, map_key])
         return df
 
     def put_map(self, map_key: str, ids: Sequence[str], xy: np.ndarray) -> bool:
@@ -227,3 +227,10 @@ class CacheRepository:
         if gone:
             log.info("evicted %d least recently used entries from %s", len(gone), table)
         return [str(g[0]) for g in gone]
+
+
+def _touch(con: Any, sql: str, params: list[Any]) -> None:
+    """Refresh an entry's last use, except inside a reading session (:meth:`Store.reading
+    <carlos.store.store.Store.reading>`), whose snapshot cannot write: the next use outside one does."""
+    if not getattr(con, "read_only", False):
+        con.execute(sql, params)

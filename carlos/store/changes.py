@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from carlos.store.dialect import to_postgres
+
 log = logging.getLogger(__name__)
 
 #: The areas a write can change; a statement on a table not listed in :data:`TABLE_AREAS` changes "data".
@@ -77,7 +79,7 @@ class Tokens(Protocol):
 
 class ChangeTokens:
     """The ``<db>.changes`` file: one ``area=token`` line per area (a PostgreSQL store keeps them
-    in a table: :class:`carlos.store.postgres.ChangeTable`)."""
+    in a table: :class:`ChangeTable`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -115,13 +117,22 @@ class LazyConnection:
     from memory costs nothing), bumps the change tokens of the areas a statement writes before it
     runs, and closes and unlocks at :meth:`close`. Everything else is the DuckDB connection's."""
 
-    def __init__(self, lock: Callable[[], contextlib.AbstractContextManager[None]], connect: Callable[[], Any], tokens: Tokens) -> None:
+    def __init__(
+        self,
+        lock: Callable[[], contextlib.AbstractContextManager[None]],
+        connect: Callable[[], Any],
+        tokens: Tokens,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self._lock_factory = lock
         self._connect = connect
         self._tokens = tokens
         self._con: Any = None
         self._lock: contextlib.AbstractContextManager[None] | None = None
         self._bumped: set[str] = set()
+        #: A session of :meth:`Store.reading <carlos.store.store.Store.reading>`: a write is a bug, refused on both backends.
+        self.read_only = read_only
 
     def _open(self) -> Any:
         if self._con is None:
@@ -135,6 +146,10 @@ class LazyConnection:
             self._lock = lock
         return self._con
 
+    def _refuse_writes(self, sql: str) -> None:
+        if self.read_only and written_areas(sql):
+            raise RuntimeError(f"a write inside a reading session (Store.reading): {sql.strip()[:60]!r}")
+
     def _writing(self, sql: str) -> None:
         areas = written_areas(sql) - self._bumped
         if areas:
@@ -142,11 +157,13 @@ class LazyConnection:
             self._tokens.bump(areas, self._con)
 
     def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        self._refuse_writes(sql)
         con = self._open()
         self._writing(sql)
         return con.execute(sql, *args, **kwargs)
 
     def executemany(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        self._refuse_writes(sql)
         con = self._open()
         self._writing(sql)
         return con.executemany(sql, *args, **kwargs)
@@ -164,3 +181,43 @@ class LazyConnection:
             lock, self._lock = self._lock, None
             if lock is not None:
                 lock.__exit__(None, None, None)
+
+
+class ChangeTable:
+    """A PostgreSQL store's per-area change tokens, as rows of ``change_tokens`` (:class:`Tokens`):
+    written in the writer's transaction, read with one small query."""
+
+    def __init__(self, pool: Any) -> None:
+        """``pool``: the store's :class:`carlos.store.postgres.Pool`."""
+        self._pool = pool
+
+    def create(self) -> None:
+        """The table, if missing (two processes creating it at once: one wins, the other finds it)."""
+        import psycopg
+
+        with self._pool.pool.connection() as raw:
+            if raw.execute("SELECT to_regclass('change_tokens')").fetchone()[0] is not None:
+                return  # (a role without CREATE on the schema may not even ask CREATE TABLE IF NOT EXISTS)
+            try:
+                raw.execute("CREATE TABLE IF NOT EXISTS change_tokens (area text PRIMARY KEY, token text NOT NULL)")
+            except psycopg.errors.UniqueViolation:
+                pass
+
+    def token(self, areas: Any = None) -> str | None:
+        wanted = tuple(AREAS if areas is None else areas)
+        with self._pool.pool.connection() as raw:
+            try:
+                tokens = dict(raw.execute("SELECT area, token FROM change_tokens").fetchall())
+            except Exception:  # no table yet: a store being created
+                return None
+        parts = [tokens.get(a) for a in wanted]
+        return None if None in parts else "|".join(str(p) for p in parts)
+
+    def bump(self, areas: Any, con: Any = None) -> None:
+        rows = [(a, os.urandom(12).hex()) for a in areas]
+        sql = "INSERT INTO change_tokens (area, token) VALUES (?, ?) ON CONFLICT (area) DO UPDATE SET token = excluded.token"
+        if con is not None:
+            con.executemany(sql, rows)
+            return
+        with self._pool.pool.connection() as raw:
+            raw.cursor().executemany(to_postgres(sql), rows)

@@ -165,29 +165,16 @@ class Relation:
         self._con, self._sql, self._params = con, sql, params
 
     def to_arrow_table(self) -> Any:
-        return self._con.execute(self._sql, self._params).arrow()
+        import pyarrow as pa
+
+        batches = list(self.to_arrow_reader(65_536))
+        if batches:  # (a column of inferred type may differ between batches: promoted to one)
+            return pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="permissive")
+        return self._con.execute(self._sql, self._params).arrow()  # no rows: the plain path's empty table
 
     def to_arrow_reader(self, batch_rows: int) -> Iterator[Any]:
-        table = self.to_arrow_table()
-        return iter(table.to_batches(max_chunksize=batch_rows))
-
-
-def _pg_type(arrow_type: Any) -> str:
-    import pyarrow as pa
-
-    if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type) or pa.types.is_large_list(arrow_type):
-        return _pg_type(arrow_type.value_type) + "[]"
-    if pa.types.is_floating(arrow_type):
-        return "real" if arrow_type.bit_width == 32 else "double precision"
-    if pa.types.is_integer(arrow_type):
-        return "bigint"
-    if pa.types.is_boolean(arrow_type):
-        return "boolean"
-    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
-        return "bytea"
-    if pa.types.is_timestamp(arrow_type):
-        return "timestamp"
-    return "text"
+        """Record batches streamed from the server in binary (vectors as whole arrays: :mod:`carlos.store.pgbinary`)."""
+        return self._con.arrow_batches(self._sql, self._params, batch_rows)
 
 
 class PostgresConnection:
@@ -231,6 +218,12 @@ class PostgresConnection:
     def sql(self, sql: str, params: Any = None) -> Relation:
         return Relation(self, sql, params)
 
+    def arrow_batches(self, sql: str, params: Any, batch_rows: int) -> Iterator[Any]:
+        from carlos.store.pgbinary import read_batches
+
+        with self._cut_off():
+            yield from read_batches(self._raw, to_postgres(sql), _params(params), batch_rows)
+
     def register(self, name: str, table: Any) -> None:
         """``table`` (Arrow or pandas) as the temporary table ``name`` until :meth:`unregister`."""
         if not name.isidentifier():
@@ -239,13 +232,10 @@ class PostgresConnection:
             import pyarrow as pa
 
             table = pa.Table.from_pandas(table, preserve_index=False)
-        cols = ", ".join(f'"{f.name}" {_pg_type(f.type)}' for f in table.schema)
-        names = ", ".join(f'"{f.name}"' for f in table.schema)
+        from carlos.store.pgbinary import fill_temporary_table
+
         with self._cut_off():
-            self._raw.execute(f'CREATE TEMPORARY TABLE "{name}" ({cols})')
-            with self._raw.cursor() as cur, cur.copy(f'COPY "{name}" ({names}) FROM STDIN') as copy:
-                for row in zip(*(table.column(i).to_pylist() for i in range(table.num_columns))):
-                    copy.write_row(row)
+            fill_temporary_table(self._raw, name, table)
 
     def unregister(self, name: str) -> None:
         with self._cut_off():
@@ -303,6 +293,13 @@ class Pool:
         stopped) is retried with back-off for ``reconnect_s``, then :class:`StoreUnavailableError`;
         a server that answers but whose connections or lock stay taken for ``lock_timeout`` is
         :class:`StoreBusyError`."""
+        return self._connection(SessionConnection, lock_timeout, reconnect_s)
+
+    def reader(self, lock_timeout: float, reconnect_s: float = RECONNECT_S) -> ReaderConnection:
+        """A connection in one read-only snapshot, without the session lock (retried as :meth:`session`)."""
+        return self._connection(ReaderConnection, lock_timeout, reconnect_s)
+
+    def _connection(self, kind: Any, lock_timeout: float, reconnect_s: float) -> Any:
         import psycopg
         import psycopg_pool
 
@@ -320,7 +317,7 @@ class Pool:
                 why = "no connection can be opened"
             else:
                 try:
-                    return SessionConnection(self, raw, lock_timeout)
+                    return kind(self, raw, lock_timeout)
                 except psycopg.OperationalError as e:  # the connection broke between the check and the lock
                     why = scrub(str(e).strip(), self.url)
             waited = time.monotonic() - start
@@ -344,15 +341,39 @@ class Pool:
         self.pool.putconn(raw)
 
 
-#: The advisory lock every session of a PostgreSQL store holds: the same one-writer-at-a-time turns
-#: as the DuckDB file's lock, so every repository's read-then-write logic keeps its guarantees.
-#: (Readers and the job queue can do without it once they use row locks; see the README.)
+#: The advisory lock every writing session of a PostgreSQL store holds: the same one-writer-at-a-time
+#: turns as the DuckDB file's lock, so every repository's read-then-write logic keeps its guarantees.
+#: Page reads take none (:class:`ReaderConnection`).
 SESSION_LOCK = 0x6361726C6F73  # "carlos"
 
 
-class SessionConnection(PostgresConnection):
+class _Pooled(PostgresConnection):
+    """A connection of the pool for one store session, given back by :meth:`close`."""
+
+    _pool: Pool
+    #: What :meth:`close` runs before giving the connection back (after a rollback of anything left open).
+    _CLOSING: tuple[tuple[str, list[Any]], ...] = ()
+
+    def close(self) -> None:
+        import psycopg
+
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        try:
+            if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                raw.execute("ROLLBACK")
+            for sql, params in self._CLOSING:
+                raw.execute(sql, params)
+        except psycopg.Error:
+            raw.close()  # a broken connection: closing it releases its lock; the pool replaces it
+        finally:
+            self._pool.give_back(raw)
+
+
+class SessionConnection(_Pooled):
     """A pooled connection holding :data:`SESSION_LOCK` for one store session; :meth:`close` rolls
-    back what was left open, unlocks and gives the connection back."""
+    back what was left open and unlocks."""
 
     def __init__(self, pool: Pool, raw: Any, timeout: float) -> None:
         super().__init__(raw, pool.url)
@@ -372,61 +393,23 @@ class SessionConnection(PostgresConnection):
             pool.give_back(raw)
             raise
 
-    def close(self) -> None:
-        import psycopg
-
-        raw, self._raw = self._raw, None
-        if raw is None:
-            return
-        try:
-            if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                raw.execute("ROLLBACK")
-            raw.execute("SELECT pg_advisory_unlock(%s)", [SESSION_LOCK])
-        except psycopg.Error:
-            raw.close()  # a broken connection: closing it releases its lock; the pool replaces it
-        finally:
-            self._pool.give_back(raw)
+    _CLOSING = (("SELECT pg_advisory_unlock(%s)", [SESSION_LOCK]),)
 
 
-class ChangeTable:
-    """Per-area change tokens as rows of ``change_tokens`` (:class:`carlos.store.changes.Tokens`):
-    written in the writer's transaction, read with one small query."""
+class ReaderConnection(_Pooled):
+    """A pooled connection inside one ``REPEATABLE READ READ ONLY`` transaction: every read of the
+    session sees one committed state of the store, without the session lock, so a page neither waits
+    for a worker's or a reviewer's write nor holds one up (MVCC). :meth:`close` ends the snapshot (a rollback)."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, raw: Any, timeout: float) -> None:
+        super().__init__(raw, pool.url)
         self._pool = pool
-
-    def create(self) -> None:
-        """The table, if missing (two processes creating it at once: one wins, the other finds it)."""
-        import psycopg
-
-        with self._pool.pool.connection() as raw:
-            if raw.execute("SELECT to_regclass('change_tokens')").fetchone()[0] is not None:
-                return  # (a role without CREATE on the schema may not even ask CREATE TABLE IF NOT EXISTS)
-            try:
-                raw.execute("CREATE TABLE IF NOT EXISTS change_tokens (area text PRIMARY KEY, token text NOT NULL)")
-            except psycopg.errors.UniqueViolation:
-                pass
-
-    def token(self, areas: Any = None) -> str | None:
-        from carlos.store.changes import AREAS
-
-        wanted = tuple(AREAS if areas is None else areas)
-        with self._pool.pool.connection() as raw:
-            try:
-                tokens = dict(raw.execute("SELECT area, token FROM change_tokens").fetchall())
-            except Exception:  # no table yet: a store being created
-                return None
-        parts = [tokens.get(a) for a in wanted]
-        return None if None in parts else "|".join(str(p) for p in parts)
-
-    def bump(self, areas: Any, con: Any = None) -> None:
-        rows = [(a, os.urandom(12).hex()) for a in areas]
-        sql = "INSERT INTO change_tokens (area, token) VALUES (?, ?) ON CONFLICT (area) DO UPDATE SET token = excluded.token"
-        if con is not None:
-            con.executemany(sql, rows)
-            return
-        with self._pool.pool.connection() as raw:
-            raw.cursor().executemany(to_postgres(sql), rows)
+        try:
+            raw.execute(f"SET lock_timeout = '{int(timeout * 1000)}ms'")
+            raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except BaseException:
+            pool.give_back(raw)
+            raise
 
 
 def _forget_pools() -> None:

@@ -217,7 +217,7 @@ class RepresentationRepository:
                     direction=np.asarray(r["direction"], dtype=np.float32),
                     strength=float(r["strength"]),
                     consistency=float(r["consistency"]),
-                    n_samples=None if r["n_samples"] != r["n_samples"] else int(r["n_samples"]),
+                    n_samples=None if r["n_samples"] is None or r["n_samples"] != r["n_samples"] else int(r["n_samples"]),
                     provenance=prov,
                 )
             )

@@ -44,12 +44,12 @@ from typing import Any
 
 from carlos.errors import StoreBusyError
 from carlos.store.caches import CacheRepository
-from carlos.store.changes import AREAS, ChangeTokens, LazyConnection, Tokens
+from carlos.store.changes import AREAS, ChangeTable, ChangeTokens, LazyConnection, Tokens
 from carlos.store.engine import attach, process_lock
 from carlos.store.fingerprints import FingerprintRepository
 from carlos.store.jobs import JobRepository
 from carlos.store.loras import LoraRepository
-from carlos.store.postgres import RECONNECT_S, ChangeTable, Pool, is_url, local_path, redact
+from carlos.store.postgres import RECONNECT_S, Pool, is_url, local_path, redact
 from carlos.store.representations import RepresentationRepository
 from carlos.store.review import ReviewRepository
 from carlos.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -101,23 +101,49 @@ class Store:
 
     # -- connections ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def session(self) -> Iterator[Any]:
+    def session(self, *, read_only: bool = False) -> Iterator[Any]:
         """A locked connection, reused by nested calls in the same thread.
 
         Opened on first use: a session whose reads were all answered from memory (a page model
-        whose store did not change) costs no connection and never takes the lock.
+        whose store did not change) costs no connection and never takes the lock. ``read_only``
+        (:meth:`reading` on a DuckDB file): a write inside is refused.
         """
         con = getattr(self._local, "con", None)
         if con is not None:
             yield con
             return
-        con = LazyConnection(self._file_lock, self._connect, self.changes)
+        with self._own(LazyConnection(self._file_lock, self._connect, self.changes, read_only=read_only)) as con:
+            yield con
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A session that only reads and sees one state of the store, for a page's reads.
+
+        On PostgreSQL: one read-only snapshot (``REPEATABLE READ``) without the session lock, so pages
+        never wait for a worker's or a reviewer's write and never hold one up. On a DuckDB file: a
+        :meth:`session` (the file takes one process at a time). A write inside is refused on both
+        (``RuntimeError``: it is a bug). Nested in a session, it is that session.
+        """
+        if getattr(self._local, "con", None) is not None or self.url is None:
+            with self.session(read_only=True) as con:
+                yield con
+            return
+        with self._own(LazyConnection(contextlib.nullcontext, self._connect_reader, self.changes, read_only=True)) as con:
+            yield con
+
+    @contextlib.contextmanager
+    def _own(self, con: LazyConnection) -> Iterator[LazyConnection]:
+        """``con`` as this thread's session until the block ends, then closed."""
         self._local.con = con
         try:
             yield con
         finally:
             self._local.con = None
             con.close()
+
+    def _connect_reader(self) -> Any:
+        Store.connections_opened += 1
+        return self._pool.reader(self.lock_timeout, self.reconnect_s)
 
     @property
     def where(self) -> str:
@@ -139,8 +165,8 @@ class Store:
     def transaction(self) -> Iterator[Any]:
         """All-or-nothing group of writes (nested transactions join the outer one)."""
         with self.session() as con:
-            if getattr(self._local, "in_tx", False):
-                yield con
+            if getattr(self._local, "in_tx", False) or getattr(con, "read_only", False):
+                yield con  # (in a reading session: its one snapshot; a write inside is refused)
                 return
             con.execute("BEGIN TRANSACTION")
             self._local.in_tx = True
@@ -323,6 +349,13 @@ class Store:
         version = int(row[0]) if row else 0
         self._version_memo = (token, version)
         return version
+
+    def size_bytes(self) -> int:
+        """What the store takes on disk: the file and its side files, or the PostgreSQL database."""
+        if self.url is not None:
+            with self.session() as con:
+                return int(con.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.suffix != ".lock")
 
     def table_counts(self) -> dict[str, int]:
         """Row counts per table (diagnostics, tests)."""

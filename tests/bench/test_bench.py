@@ -68,8 +68,10 @@ def test_synthetic_corpus_matches_the_real_statistics(corpus_parquet: Path) -> N
     assert syn["corr_norm_strength"] > 0.8 and syn["var_top16_pcs"] == pytest.approx(real["var_top16_pcs"], abs=0.1)
 
 
-def test_bulk_insert_and_chunked_loader_round_trip(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "b.duckdb")
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_bulk_insert_and_chunked_loader_round_trip(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """Both stores: PostgreSQL's vectors cross in its binary format (carlos.store.pgbinary), exactly."""
+    store = Store.open(tmp_path / "b.duckdb" if backend == "duckdb" else request.getfixturevalue("pg_url"))
     rng = np.random.default_rng(1)
     m = rng.standard_normal((300, 16)).astype(np.float32)
     ids = [f"x:{i}" for i in range(300)]
@@ -101,6 +103,37 @@ def test_bench_scale_command_structure(capsys: pytest.CaptureFixture, real_store
     assert main(["--db", str(real_store_path), "bench", "scale", "--sizes", "200", "--n-queries", "3", "--no-isolate", "--markdown"]) == 0
     md = capsys.readouterr().out
     assert "| LoRAs |" in md and "| 200 |" in md and "1M targets are not assessed" in md
+
+
+def test_bench_scale_on_a_team_store_runs_beside_duckdb_and_drops_its_database(
+    capsys: pytest.CaptureFixture, real_store_path: Path, pg_server
+) -> None:
+    import psycopg
+
+    from carlos.bench.scale_report import team_verdicts
+    from carlos.store.postgres import redact
+
+    server = pg_server.get_uri()
+
+    def databases() -> set[str]:
+        with psycopg.connect(server) as con:
+            return {r[0] for r in con.execute("SELECT datname FROM pg_database").fetchall()}
+
+    before = databases()
+    argv = ["--db", str(real_store_path), "--store", server, "bench", "scale", "--sizes", "400", "--n-queries", "3", "--no-isolate"]
+    r = _run_json(capsys, [*argv, "--json"])
+    (row,) = r["sizes"]
+    team = row["team_store"]
+    assert r["team_store"] == redact(server)  # never the URL itself (tests/store/test_postgres.py: a password never shows)
+    assert team["serve"]["n"] == row["serve"]["n"] == 400 and team["serve"]["exact_agree"] == team["serve"]["exact_checked"] == 3
+    assert team["import"]["store_bytes"] > 0 and team["pages"]["reads"] == row["pages"]["reads"] == 30
+    (verdict,) = team_verdicts(r)
+    assert verdict["n"] == 400 and verdict["search_ratio"] > 0 and verdict["page_read_ratio"] > 0
+    assert databases() == before  # the scratch database is gone
+    capsys.readouterr()
+    assert main([*argv, "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| PostgreSQL |" in md and "| DuckDB file |" in md and "team store at 400" in md and "--store postgresql://…" in md
 
 
 def test_bench_query_command_checks_exactness(capsys: pytest.CaptureFixture) -> None:

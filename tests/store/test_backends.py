@@ -4,6 +4,7 @@ and a real PostgreSQL database): jobs and pair results, review, caches, imports.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from carlos.store.store import Store
 
@@ -69,3 +70,18 @@ def test_caches_and_imports(empty_store: Store) -> None:
     s.loras.record_import("pypi:carlos==0.0.3", "f" * 64, 740, {"release": "again"})  # a second record is ignored
     (record,) = s.loras.imports()
     assert record["rows"] == 740 and s.loras.import_record("pypi:carlos==0.0.3", "f" * 64) is not None
+
+
+def test_a_write_inside_a_reading_session_is_refused(empty_store: Store) -> None:
+    """``Store.reading`` is for reads: a repository writing inside one is a bug, refused before the
+    statement runs on both backends; nested reads and a later write session work as usual."""
+    s = empty_store
+    s.loras.upsert([{"lora_id": "a", "source": "t"}])
+    with s.reading():
+        assert s.table_counts()["loras"] == 1
+        with pytest.raises(RuntimeError, match="reading session"):
+            s.loras.upsert([{"lora_id": "b", "source": "t"}])
+        with pytest.raises(RuntimeError, match="reading session"), s.transaction():
+            s.review.append_decision("a", "ann", "flag", "unreviewed", "flagged", None)
+    s.loras.upsert([{"lora_id": "c", "source": "t"}])
+    assert s.table_counts()["loras"] == 2 and s.loras.get("c")["lora_id"] == "c" and s.review.decisions().empty
