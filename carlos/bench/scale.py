@@ -223,7 +223,8 @@ def _stage_pages(db: str, reads: int, seed: int) -> dict[str, Any]:
     view = corpus_view(store, SYNTHETIC_EMBEDDER)  # this process's first load of the view
     first_view_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
-    keys = [view.ids[i] for i in rng.choice(len(view.ids), size=reads + 1, replace=False)]
+    ids = view.ids
+    keys = [ids[i] for i in rng.choice(len(ids), size=reads + 1, replace=False)]
     read_detail_uncached(store, keys[0], SYNTHETIC_EMBEDDER)  # warm-up
     times = []
     for key in keys[1:]:

@@ -208,7 +208,7 @@ def scale_bench_text(result: dict[str, Any]) -> str:
 
 def scale_bench_markdown(result: dict[str, Any], command: str) -> str:
     lines = [
-        f"### Scale ({result['when']})",
+        f"### Scale{', the DuckDB file beside a PostgreSQL team store' if result.get('team_store') else ''} ({result['when']})",
         "",
         f"`{command}`",
         "",

@@ -239,28 +239,18 @@ def import_map(store: Store, view: CorpusView, config: MapConfig | None = None, 
 def _corpus_map(
     store: Store, view: CorpusView, config: MapConfig, fit_ids: Sequence[str] | None, progress: Progress | None, *, may_fit: bool
 ) -> CorpusMap | None:
-    # 1. the fitted set
-    if fit_ids is None:
-        fit_mask = (view.frame["source"] != "upload").to_numpy()
-    else:
-        wanted = set(fit_ids)
-        unknown = wanted - set(view.ids)
-        if unknown:
-            raise InvalidInputError(f"fit_ids not in the {view.embedder} view: {sorted(unknown)[:5]}")
-        fit_mask = view.frame["lora_id"].isin(wanted).to_numpy()
-    ids = tuple(view.frame["lora_id"][fit_mask])
-    matrix = view.matrix[fit_mask]
-    if len(ids) < MIN_POINTS:
-        raise InvalidInputError(f"a map needs at least {MIN_POINTS} fitted LoRAs, the view has {len(ids)}")
-    key = map_key(view.embedder, ids, matrix, config)
+    # 1. the fitted set and its key, once per view (hashing every direction takes seconds at a million
+    # LoRAs, and a page asks for the map, or finds none, on every read of its data)
+    fit_mask, ids, key = _fitted_set(view, config, fit_ids)
     # 2. coordinates: the store's cache, else fit (one fit per key at a time in this process). Reading
     # the cache never waits on the key lock: a page reads maps inside its store session, and a fit
     # holds the key lock while it waits for the store to save its result.
     xy = _cached_xy(store, key, ids)
     fitted_now = False
+    if xy is None and not may_fit:
+        return None
+    matrix = view.matrix[fit_mask]
     if xy is None:
-        if not may_fit:
-            return None
         with _key_lock(key):
             xy = _cached_xy(store, key, ids)  # another thread may have fitted it meanwhile
             if xy is None:
@@ -302,6 +292,36 @@ def model_in_memory(key: str) -> Any:
 
 
 # -- internals ------------------------------------------------------------------------------------
+_FITTED: OrderedDict[tuple[Any, ...], tuple[CorpusView, tuple[np.ndarray, tuple[str, ...], str]]] = OrderedDict()
+_FITTED_MAX = 4
+
+
+def _fitted_set(view: CorpusView, config: MapConfig, fit_ids: Sequence[str] | None) -> tuple[np.ndarray, tuple[str, ...], str]:
+    """(mask of the fitted rows, their ids, the map key) of ``view``, remembered per view object."""
+    memo = (id(view), view.data_version, config, None if fit_ids is None else tuple(sorted(set(fit_ids))))
+    with _models_lock:
+        hit = _FITTED.get(memo)
+        if hit is not None and hit[0] is view:
+            return hit[1]
+    if fit_ids is None:
+        fit_mask = (view.frame["source"] != "upload").to_numpy()
+    else:
+        wanted = set(fit_ids)
+        unknown = wanted - set(view.ids)
+        if unknown:
+            raise InvalidInputError(f"fit_ids not in the {view.embedder} view: {sorted(unknown)[:5]}")
+        fit_mask = view.frame["lora_id"].isin(wanted).to_numpy()
+    ids = tuple(view.frame["lora_id"][fit_mask])
+    if len(ids) < MIN_POINTS:
+        raise InvalidInputError(f"a map needs at least {MIN_POINTS} fitted LoRAs, the view has {len(ids)}")
+    out = (fit_mask, ids, map_key(view.embedder, ids, view.matrix[fit_mask], config))
+    with _models_lock:
+        _FITTED[memo] = (view, out)
+        while len(_FITTED) > _FITTED_MAX:
+            _FITTED.popitem(last=False)
+    return out
+
+
 _models: OrderedDict[str, Any] = OrderedDict()
 _models_lock = threading.Lock()
 _key_locks: dict[str, threading.Lock] = {}
