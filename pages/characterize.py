@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.access import write_note
 from app.navigation import page_setup
-from app.resources import capabilities, get_store
+from app.resources import blob_store, capabilities, get_store
 from app.text import literal
 from app.uploads import discard_upload, validated_upload
 from app.widgets import detail_url, explained
@@ -104,6 +104,7 @@ else:
                 trigger=[w.strip() for w in trigger.split(",") if w.strip()],
                 original_name=upload.name,
                 user=user,
+                blobs=blob_store(),
             )
             st.session_state["char_job"] = sub.job_id
             if sub.duplicate_of_job is not None:

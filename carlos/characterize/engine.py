@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from carlos.config import CORPUS_EMBEDDER, DEFAULT_PROMPT_SET, RANDOM_CLIP
 from carlos.core.representation import Representation, summarize
 from carlos.core.uncertainty import estimate as estimate_uncertainty
 from carlos.errors import InvalidInputError, InvalidLoRAFileError
+from carlos.files.blobs import is_s3
 from carlos.files.validate import sha256_file
 from carlos.store.store import Store
 
@@ -204,10 +206,21 @@ class CharacterizerStats:
 class Characterizer:
     """Runs jobs on one loaded diffusion backend and CLIP model (no reload per LoRA)."""
 
-    def __init__(self, store: Store, backend: Any, clip: Any, *, chunk_pairs: int = 8, thumbnails: int = 4) -> None:
+    def __init__(
+        self,
+        store: Store,
+        backend: Any,
+        clip: Any,
+        *,
+        chunk_pairs: int = 8,
+        thumbnails: int = 4,
+        files: Callable[[str, str | None], Path] | None = None,
+    ) -> None:
         if chunk_pairs < 1:
             raise InvalidInputError("chunk_pairs must be >= 1")
         self.store = store
+        #: A job's file reference (``s3://…``) -> a verified local copy (:func:`carlos.files.blobs.local_copy`).
+        self.files = files
         self.backend = backend
         self.clip = clip
         self.chunk_pairs = chunk_pairs
@@ -215,9 +228,13 @@ class Characterizer:
         self.stats = CharacterizerStats()
 
     def lora_of(self, job: dict[str, Any]) -> AbstractContextManager[Any]:
-        """``backend.lora`` on the job's stored file, re-verified against its upload's sha256 first."""
-        verify_lora_file(job["file_path"], (job.get("options") or {}).get("sha256"))
-        return self.backend.lora(job["file_path"])
+        """``backend.lora`` on the job's stored file, re-verified against its upload's sha256 first
+        (a blob store's file is fetched into this machine's cache and verified there)."""
+        ref, sha = job["file_path"], (job.get("options") or {}).get("sha256")
+        if self.files is not None and is_s3(ref):
+            return self.backend.lora(str(self.files(ref, sha)))
+        verify_lora_file(ref, sha)
+        return self.backend.lora(ref)
 
     def base_key(self) -> str:
         """Identifies base images: backend and settings, and the CLIP that embedded them."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from carlos.core.access import AccessPolicy, CurrentUser, authorize
 from carlos.errors import CarlosError, InvalidInputError, NotFoundError
+from carlos.files.blobs import is_s3
 from carlos.files.validate import LoRAFileLimits, LoRAFileReport, safe_filename
 from carlos.store.store import Store
 from carlos.weights.canonical import READ_LIMITS, AdapterFile, ModuleSource
@@ -222,7 +223,8 @@ def register(
         lora_id = lora_id or f"sha256:{f.sha256}"
         found = _find(store, fp, f, limits=limits, top_k=top_k, exclude=(lora_id,))
     name = safe_filename(file_name or path.name)
-    store.fingerprints.put(fp.to_row(lora_id, file_name=name, file_path=str(Path(file_path or path).resolve())))
+    kept = str(file_path) if is_s3(file_path) else str(Path(file_path or path).resolve())  # a blob store's reference as it is
+    store.fingerprints.put(fp.to_row(lora_id, file_name=name, file_path=kept))
     rows = []
     for m in found:
         if m.relation.label == UNRELATED:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from carlos.characterize.engine import (
 from carlos.config import DEFAULT_BACKEND, DEFAULT_PROMPT_SET, DEFAULT_PROTOCOL
 from carlos.core.access import AccessPolicy, CurrentUser, authorize
 from carlos.errors import CarlosError, InvalidInputError, StoreUnavailableError
+from carlos.files.blobs import Blobs, LocalBlobs, local_copy
 from carlos.files.validate import LoRAFileLimits, LoRAFileReport, inspect_lora, safe_filename
 from carlos.store.store import Store
 
@@ -86,6 +86,7 @@ def submit(
     trigger: str | Sequence[str] | None = None,
     original_name: str | None = None,
     uploads_dir: Path | None = None,
+    blobs: Blobs | None = None,
     limits: LoRAFileLimits | None = None,
     name: str | None = None,
     prompt_set: str = DEFAULT_PROMPT_SET,
@@ -104,7 +105,8 @@ def submit(
     gets ``", " + word`` for every one (:func:`~carlos.characterize.engine.lora_prompt`).
     ``prompt_set``: a registered prompt set (default: the authors'). ``name`` (e.g. from a
     manifest) is the display name of a LoRA registered for the first time; by default the
-    file's metadata title or its file name.
+    file's metadata title or its file name. ``blobs``: where the file is kept for the workers
+    (default: ``uploads_dir``, else the store's ``cache/uploads`` folder).
     """
     requester = authorize(user, "upload a LoRA for characterization", policy)
     path = Path(path)
@@ -112,13 +114,8 @@ def submit(
     words = list(trigger_words(trigger))
     pairs, _ = protocol_pairs(proto, prompt_set)  # an unknown or absent prompt set fails before anything is stored
     report = validate_upload(path, original_name or path.name, backend, limits)
-    uploads_dir = uploads_dir or store.path.parent / "cache" / "uploads"
-    uploads_dir.mkdir(parents=True, exist_ok=True)
-    stored = uploads_dir / f"{report.sha256}.safetensors"
-    if not stored.exists():
-        tmp = stored.with_suffix(".part")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, stored)  # atomic: a half-copied file is never used
+    blobs = blobs or LocalBlobs(uploads_dir or store.path.parent / "cache" / "uploads")
+    stored = blobs.put(path, report.sha256)  # the job's reference: a path, or s3://… for workers anywhere
     lora_id = f"sha256:{report.sha256}"
     known = store.loras.find_by_sha256(report.sha256) is not None
     name = (
@@ -141,7 +138,7 @@ def submit(
             }
         ]
     )
-    fingerprint_upload(store, stored, lora_id, report, original_name or path.name, limits_for(backend, limits), user, policy)
+    fingerprint_upload(store, path, lora_id, report, original_name or path.name, limits_for(backend, limits), user, policy, stored)
     for job_id, options in store.jobs.live_of(lora_id, backend, protocol):
         opts = json.loads(options or "{}")
         same_adaptive = opts.get("adaptive") == _adaptive_options(adaptive).get("adaptive")
@@ -168,8 +165,10 @@ def fingerprint_upload(
     limits: LoRAFileLimits,
     user: CurrentUser,
     policy: AccessPolicy | None = None,
+    ref: str | None = None,
 ) -> None:
-    """Store an upload's weight fingerprint and weight-space matches (once per file), before any GPU work.
+    """Store an upload's weight fingerprint and weight-space matches (once per file), before any GPU work;
+    ``stored`` is read here, ``ref`` (default: its path) is where the file is kept for the workers.
 
     A file that validated but cannot be fingerprinted is logged, not refused: the weights
     check is an addition to the upload, not a gate on it.
@@ -179,7 +178,9 @@ def fingerprint_upload(
     if store.fingerprints.get(lora_id) is not None:
         return
     try:
-        fingerprints.register(store, stored, user=user, policy=policy, lora_id=lora_id, file_name=file_name, limits=limits, report=report)
+        fingerprints.register(
+            store, stored, user=user, policy=policy, lora_id=lora_id, file_name=file_name, file_path=ref, limits=limits, report=report
+        )
     except CarlosError as e:
         log.warning("upload %s: no weight fingerprint: %s", lora_id, e)
 
@@ -275,8 +276,12 @@ class Worker:
         stale_after_s: float = 120.0,
         chunk_pairs: int = 8,
         outage_s: float = 300.0,
+        blobs: Blobs | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.store = store
+        self.blobs = blobs  # where s3:// references are fetched from (None: the environment's settings)
+        self.cache_dir = cache_dir or store.path.parent / "cache"  # fetched uploads are kept in its blobs/
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stale_after_s = stale_after_s
         self.chunk_pairs = chunk_pairs
@@ -299,6 +304,7 @@ class Worker:
                 self._backend_factory(backend, protocol),
                 self._clips[clip_name],
                 chunk_pairs=self.chunk_pairs,
+                files=lambda ref, sha: local_copy(ref, sha, self.blobs, cache=self.cache_dir),
             )
         return self._characterizers[key]
 

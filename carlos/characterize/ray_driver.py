@@ -33,7 +33,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +51,7 @@ from carlos.characterize.engine import (
 )
 from carlos.characterize.ray_actors import ActorSlot, RayConfig, driver_characterizer, ray_error_reason, start_actors, stop_actors
 from carlos.errors import CarlosError, InvalidInputError
+from carlos.files.blobs import local_copy
 from carlos.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,9 @@ class _Driver:
         if not todo:
             self._finish(state)
             return None
-        try:
-            data = Path(claimed["file_path"]).read_bytes()
-        except OSError as err:
+        try:  # a blob store's file is fetched into the driver's cache (checked against the upload below)
+            data = local_copy(claimed["file_path"], None, None, cache=self.store.path.parent / "cache").read_bytes()
+        except (OSError, CarlosError) as err:
             self._fail(state, f"LoRA file unreadable on the driver: {err}")
             return None
         state.sha256 = hashlib.sha256(data).hexdigest()  # the actors re-check these bytes before loading them

@@ -88,7 +88,8 @@ def _bench_scale(args: argparse.Namespace) -> int:
     cmd += f" bench scale --sizes {args.sizes} --n-queries {args.n_queries}"
     if args.library_max != 1_000_000:
         cmd += f" --library-max {args.library_max}"
-    return _finish(args, "scale", result, scale_bench_text(result), scale_bench_markdown(result, cmd))
+    # (a team-store run has its own README section: the embedded store's sizes and UMAP figures stay)
+    return _finish(args, "scale-team" if team else "scale", result, scale_bench_text(result), scale_bench_markdown(result, cmd))
 
 
 def _default_db() -> Path:

@@ -89,8 +89,14 @@ def _characterize(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from carlos.characterize import jobs
+    from carlos.config import default_paths
+    from carlos.files.blobs import open_blobs
 
-    worker = jobs.Worker(open_store(args), stale_after_s=args.stale_after, chunk_pairs=args.chunk_pairs)
+    store = open_store(args)
+    cache = Path(args.cache_dir) if args.cache_dir else store.path.parent / "cache"
+    target = args.blobs or default_paths().blobs
+    blobs = open_blobs(target, cache=cache) if target else None
+    worker = jobs.Worker(store, stale_after_s=args.stale_after, chunk_pairs=args.chunk_pairs, blobs=blobs, cache_dir=cache)
     n = worker.run(once=args.once, poll_s=args.poll)
     if args.json:
         emit(args, {"processed_jobs": n}, "")
@@ -140,6 +146,13 @@ def register(sub: Any) -> None:
     p.add_argument("--poll", type=float, default=2.0, help="seconds between queue polls")
     p.add_argument("--stale-after", type=float, default=120.0, help="take over running jobs without a heartbeat for this many seconds")
     p.add_argument("--chunk-pairs", type=int, default=8, help="pairs generated and stored together (smaller: finer resume)")
+    p.add_argument(
+        "--blobs",
+        metavar="URL",
+        help="where uploads are kept: s3://bucket[/prefix][?endpoint=…] (credentials from AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY or the secrets file); default: $CARLOS_BLOBS, [carlos] blobs, else the store's folder",
+    )
+    p.add_argument("--cache-dir", help="where fetched uploads are kept and verified (default: the store's cache folder)")
     add_json(p)
     p.set_defaults(func=_worker)
 

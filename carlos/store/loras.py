@@ -78,10 +78,13 @@ class LoraRepository:
     def resolve(self, key: str | int) -> str:
         """The lora_id of a lora_id, Civitai version id or sha256; raises NotFoundError."""
         text = str(key).strip()
+        # the version id compared as a number, not the column cast to text: each condition can then use
+        # its index (PostgreSQL scanned all loras for the cast: 70 ms a lookup at a million LoRAs)
+        version = int(text) if text.isdigit() and len(text) < 19 and str(int(text)) == text else None
         with self._db.session() as con:
             found = con.execute(
-                "SELECT lora_id FROM loras WHERE lora_id = ? OR sha256 = ? OR CAST(version_id AS VARCHAR) = ? ORDER BY lora_id LIMIT 1",
-                [text, text.lower(), text],
+                "SELECT lora_id FROM loras WHERE lora_id = ? OR sha256 = ? OR version_id = ? ORDER BY lora_id LIMIT 1",
+                [text, text.lower(), version],
             ).fetchone()
         if not found:
             raise NotFoundError(f"no LoRA with id, version id or sha256 {text!r} in {self._db.where}")
