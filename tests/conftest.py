@@ -37,6 +37,35 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+#: The longest test files (seconds on 2 busy cores, `--durations`), collected first: pytest-xdist's
+#: ``--dist loadfile`` hands files out in collection order as workers free up, so starting the long
+#: ones first lets the two workers finish together instead of one idling while the other runs a long
+#: file it got last (~30 s apart before).
+LONG_FIRST = (
+    "tests/characterize/test_ray.py",
+    "tests/store/test_postgres_processes.py",
+    "tests/characterize/test_intervals.py",
+    "tests/test_browser.py",
+    "tests/bench/test_bench.py",
+    "tests/characterize/test_jobs.py",
+    "tests/files/test_fuzz_validator.py",
+    "tests/search/test_query.py",
+    "tests/models/test_diffusion.py",
+    "tests/test_browser_login.py",
+    "tests/app/test_map.py",
+    "tests/characterize/test_ray_adaptive.py",
+    "tests/test_browser_replicas.py",
+    "tests/bench/test_load_report.py",
+    "tests/search/test_service_real.py",
+    "tests/characterize/test_remote_worker.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def corpus_parquet() -> Path:
     """The verified authors' parquet (downloaded with pip on first use)."""

@@ -114,10 +114,10 @@ def _worker_cmd(db: Path, *extra: str) -> list[str]:
 def test_killed_worker_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     lora = tmp_path / "l.safetensors"
     make_test_lora(lora, seed=11)
-    # uninterrupted reference
+    # uninterrupted reference (in this process, with the worker command's chunks of one pair)
     ref_store = Store.open(tmp_path / "ref.duckdb")
     ref = jobs.submit(ref_store, lora, backend="tiny", protocol="smoke", user=USER)
-    subprocess.run(_worker_cmd(ref_store.path), check=True, capture_output=True)
+    jobs.Worker(ref_store, chunk_pairs=1).run_one(job_id=ref.job_id)
     expected = ref_store.reps.of(ref.lora_id)[0]
 
     store = Store.open(tmp_path / "s.duckdb")
