@@ -188,8 +188,8 @@ class Store:
         memory from one read is freed before the next (``load_view`` reads a million-row
         frame, then the matrix).
         """
-        if self.url is not None:  # one connection holds the session lock; reads inside share it
-            with self.session() as con:
+        if self.url is not None:  # one read-only snapshot (reading()): one state without the writers' lock,
+            with self.reading() as con:  # which a million-LoRA view load would hold for a minute
                 con.execute("SELECT 1")
                 yield
             return
