@@ -6,6 +6,7 @@ the browser benchmarks and the browser tests."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,12 +25,31 @@ class ServerStartError(CarlosError, RuntimeError):
     """The server exited, or did not answer its health check in time; the message ends with its log."""
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports nobody listens on now (held open together while picked)."""
-    socks = [socket.socket() for _ in range(n)]
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections take their local ports there)."""
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports nobody uses now (held open together while picked), below the kernel's
+    ephemeral range: a port the kernel hands out for ``bind(0)`` is one it may also give an outgoing
+    connection (Ray's, a test client's) before the server binds it ("Address already in use")."""
+    high = _ephemeral_low()
+    low = max(1024, high - 12_000)
+    rng = random.SystemRandom()
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < n:
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", rng.randrange(low, high)))
+            except OSError:  # in use (or picked twice): another one
+                s.close()
+                continue
+            socks.append(s)
         return [int(s.getsockname()[1]) for s in socks]
     finally:
         for s in socks:
