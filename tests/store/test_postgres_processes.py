@@ -52,6 +52,10 @@ def own_server(tmp_path: Path) -> Iterator[Any]:
     finally:
         Pool.close(server.get_uri())
         server.cleanup()
+        try:  # a server restarted with pg_ctl has a postmaster the handle does not know: stopped here
+            _pg_ctl(server, "stop", "-m", "fast")
+        except Exception:  # noqa: BLE001 - it was stopped already
+            pass
 
 
 def _pg_ctl(server: Any, *args: str) -> None:
